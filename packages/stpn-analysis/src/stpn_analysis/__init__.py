@@ -1,0 +1,3 @@
+"""stpn_analysis."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""stpn_supervised."""
+
+__version__ = "0.1.0"
