@@ -322,8 +322,6 @@ class STPN(_STPNBase):
             return torch.stack(energies, dim=1)
 
 
-
-
 class STPNLinear(STPN):
     """Feed-forward STPN layer (the paper's STPNf) over a sequence.
 
