@@ -1,0 +1,173 @@
+"""Run configurations: YAML files per task and core, merged and validated into one dict.
+
+A configuration has the keys ``ppo`` (``RecurrentPPO`` keyword arguments), ``policy``
+(:class:`~stpn_rl.policies.CorePolicy` keyword arguments: ``core``, ``hidden_size``,
+``core_options``, ...), ``env`` (environment options of the task), ``n_envs`` and
+``total_timesteps``; optionally ``evaluation`` (``episodes``, ``deterministic``),
+``checkpoint_freq`` (env-steps between checkpoints) and the ``task``/``seed`` a run recorded.
+``configs/<task>/default.yaml`` holds a task's settings, ``configs/<task>/<core>.yaml`` what a
+core changes (its hidden size at the paper's parameter budget, its options), and a user file
+changes any of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import stpn_core
+import yaml
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from stpn_rl.policies import CRITIC_CHOICES, CorePolicy
+from stpn_rl.tasks import check_env_kwargs, get_task
+
+REQUIRED_KEYS = ("ppo", "policy", "env", "n_envs", "total_timesteps")
+OPTIONAL_KEYS = ("evaluation", "checkpoint_freq", "task", "seed")
+_NOT_PPO_OPTIONS = {
+    "self",
+    "policy",
+    "env",
+    "policy_kwargs",
+    "seed",
+    "verbose",
+    "tensorboard_log",
+    "_init_setup_model",
+}
+PPO_OPTIONS = tuple(
+    sorted(set(inspect.signature(RecurrentPPO.__init__).parameters) - _NOT_PPO_OPTIONS)
+)
+POLICY_OPTIONS = tuple(
+    sorted(
+        (
+            set(inspect.signature(CorePolicy.__init__).parameters)
+            | set(inspect.signature(ActorCriticPolicy.__init__).parameters)
+        )
+        - {"self", "observation_space", "action_space", "lr_schedule", "kwargs", "use_sde"}
+    )
+)
+EVALUATION_OPTIONS = ("episodes", "deterministic")
+
+
+def config_dir(task: str) -> Path:
+    """The packaged directory of ``task``'s YAML files."""
+    get_task(task)
+    return Path(str(resources.files("stpn_rl") / "configs" / task))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, with a clear error for a missing file or another type."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no configuration file at {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"path: {path} must hold a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``update``, recursively for nested mappings (``base`` is not changed)."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(task: str, core: str, path: str | Path | None = None) -> dict[str, Any]:
+    """The validated configuration of ``core`` on ``task``: the task's defaults, then the core's
+    file if there is one, then ``path``."""
+    directory = config_dir(task)
+    config = read_yaml(directory / "default.yaml")
+    if (directory / f"{core}.yaml").is_file():
+        config = merge(config, read_yaml(directory / f"{core}.yaml"))
+    if path is not None:
+        user = read_yaml(path)
+        chosen = (
+            user.get("policy", {}).get("core", core)
+            if isinstance(user.get("policy"), dict)
+            else core
+        )
+        if chosen != core:
+            raise ValueError(
+                f"core: {path} configures core {chosen!r}, but core={core!r} was asked"
+            )
+        config = merge(config, user)
+    config["policy"]["core"] = core
+    validate_config(config, task)
+    return config
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _unknown(section: str, given: dict[str, Any], valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; valid: {list(valid)}")
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config[name]
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def validate_config(config: dict[str, Any], task: str) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the first bad entry of ``config``."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config: expected a dict, got {type(config).__name__}")
+    get_task(task)
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"config: missing key(s) {missing}")
+    _unknown("config", config, REQUIRED_KEYS + OPTIONAL_KEYS)
+    if config.get("task", task) != task:
+        raise ValueError(f"config.task: the file is for task {config['task']!r}, not {task!r}")
+    _positive_int("n_envs", config["n_envs"])
+    _positive_int("total_timesteps", config["total_timesteps"])
+    if "checkpoint_freq" in config:
+        _positive_int("checkpoint_freq", config["checkpoint_freq"])
+    ppo, policy, env = _section(config, "ppo"), _section(config, "policy"), _section(config, "env")
+    _unknown("ppo", ppo, PPO_OPTIONS)
+    for name in ("n_steps", "batch_size", "n_epochs"):
+        if name in ppo:
+            _positive_int(f"ppo.{name}", ppo[name])
+    for name, low, high in (("gamma", 0.0, 1.0), ("gae_lambda", 0.0, 1.0)):
+        value = ppo.get(name, 0.5)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ValueError(f"ppo.{name}: expected a number in [{low}, {high}], got {value!r}")
+    for name in ("learning_rate", "clip_range", "ent_coef", "vf_coef", "max_grad_norm"):
+        value = ppo.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"ppo.{name}: expected a non-negative number, got {value!r}")
+    _unknown("policy", policy, POLICY_OPTIONS)
+    models = getattr(stpn_core, "MODELS", None)
+    if models is not None and policy.get("core") not in models:
+        raise ValueError(f"core: expected one of {sorted(models)}, got {policy.get('core')!r}")
+    _positive_int("policy.hidden_size", policy.get("hidden_size"))
+    if not isinstance(policy.get("core_options", {}), dict):
+        raise ValueError("policy.core_options: expected a mapping of core options")
+    if policy.get("critic", "shared") not in CRITIC_CHOICES:
+        raise ValueError(f"policy.critic: expected one of {CRITIC_CHOICES}")
+    check_env_kwargs(task, env)
+    evaluation = config.get("evaluation", {})
+    if not isinstance(evaluation, dict):
+        raise ValueError("evaluation: expected a mapping with episodes and deterministic")
+    _unknown("evaluation", evaluation, EVALUATION_OPTIONS)
+    if "episodes" in evaluation:
+        _positive_int("evaluation.episodes", evaluation["episodes"])

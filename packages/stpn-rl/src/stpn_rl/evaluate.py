@@ -1,0 +1,179 @@
+"""Evaluate a trained agent: episode rewards and the energy its core spends (spec §4).
+
+``python -m stpn_rl.evaluate RUN_DIR [--episodes N] [--deterministic]`` writes ``eval.json`` in
+the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.vec_env import VecEnv
+
+from stpn_rl.policies import CorePolicy
+from stpn_rl.tasks import make_vec_env
+
+# One step of an agent: observations and episode starts -> actions, and the per-env energy of
+# the step (``None`` when the agent has no core to measure).
+StepFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _n_envs(task: str, n_episodes: int) -> int:
+    # Maze agents all run in one array step, so every episode runs in parallel.
+    return n_episodes if task == "maze" else min(n_episodes, 8)
+
+
+def run_episodes(env: VecEnv, step: StepFn, n_episodes: int) -> dict[str, Any]:
+    """Play ``n_episodes`` episodes, spread evenly over the envs (as SB3's ``evaluate_policy``
+    does, so short episodes are not over-represented), and summarise them."""
+    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
+        raise ValueError(f"n_episodes: expected a positive integer, got {n_episodes!r}")
+    n_envs = env.num_envs
+    targets = np.array([(n_episodes + i) // n_envs for i in range(n_envs)])
+    counts = np.zeros(n_envs, dtype=int)
+    rewards, lengths, traces = [], [], []
+    running_reward = np.zeros(n_envs)
+    current: list[list[float]] = [[] for _ in range(n_envs)]
+    obs, starts = env.reset(), np.ones(n_envs, dtype=bool)
+    while (counts < targets).any():
+        actions, energy = step(obs, starts)
+        obs, reward, dones, infos = env.step(actions)
+        running_reward += reward
+        if energy is not None:
+            for i in np.flatnonzero(counts < targets):
+                current[i].append(float(energy[i]))
+        for i in np.flatnonzero(dones):
+            if counts[i] < targets[i]:
+                episode = infos[i].get("episode")
+                rewards.append(float(episode["r"]) if episode else float(running_reward[i]))
+                lengths.append(int(episode["l"]) if episode else len(current[i]))
+                if energy is not None:
+                    traces.append(np.array(current[i]))
+                counts[i] += 1
+            running_reward[i], current[i] = 0.0, []
+        starts = dones
+    env.close()
+    result: dict[str, Any] = {
+        "mean_reward": float(np.mean(rewards)),
+        "std_reward": float(np.std(rewards)),
+        "episodes": len(rewards),
+        "episode_rewards": rewards,
+        "mean_episode_length": float(np.mean(lengths)),
+    }
+    if traces:
+        longest = max(len(t) for t in traces)
+        padded = np.full((len(traces), longest), np.nan)
+        for row, trace in zip(padded, traces, strict=True):
+            row[: len(trace)] = trace
+        result["energy_per_step"] = float(np.nanmean(padded))
+        result["energy_per_sequence"] = float(np.mean([t.sum() for t in traces]))
+        result["energy_profile"] = np.nanmean(padded, axis=0).tolist()
+    return result
+
+
+def _agent_step(model: RecurrentPPO, deterministic: bool) -> StepFn:
+    policy = model.policy
+    state: tuple[np.ndarray, np.ndarray] | None = None
+
+    def step(obs: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        nonlocal state
+        energy = (
+            _core_energy(policy, obs, state, starts) if isinstance(policy, CorePolicy) else None
+        )
+        actions, state = model.predict(
+            obs, state=state, episode_start=starts, deterministic=deterministic
+        )
+        return actions, energy
+
+    return step
+
+
+def _core_energy(
+    policy: CorePolicy,
+    obs: np.ndarray,
+    state: tuple[np.ndarray, np.ndarray] | None,
+    starts: np.ndarray,
+) -> np.ndarray:
+    """Energy of the actor core's step, from the state at the start of the step (spec §4.1)."""
+    core = policy.lstm_actor
+    with torch.no_grad():
+        obs_tensor, _ = policy.obs_to_tensor(obs)
+        features = policy.pi_features_extractor(
+            preprocess_obs(obs_tensor, policy.observation_space, policy.normalize_images)
+        )
+        if state is None:
+            core_state = core.core.initial_state(len(obs), device=policy.device)
+        else:
+            core_state = core.unpack(tuple(torch.as_tensor(s, device=policy.device) for s in state))
+        starts_tensor = torch.as_tensor(starts, dtype=torch.float32, device=policy.device)
+        core_state = core.reset_where(core_state, starts_tensor)
+        return core.core.energy(features.unsqueeze(1), core_state)[:, 0].cpu().numpy()
+
+
+def evaluate_agent(
+    model: RecurrentPPO,
+    task: str,
+    n_episodes: int,
+    deterministic: bool,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Mean/std episode reward of ``model`` on fresh ``task`` environments, and, for our policy,
+    the energy of its actor core: ``energy_per_step`` (mean over episodes and steps of the
+    energy summed over units), ``energy_per_sequence`` and ``energy_profile`` (mean at each
+    step)."""
+    env = make_vec_env(task, _n_envs(task, n_episodes), seed, **(env_kwargs or {}))
+    model.policy.set_training_mode(False)
+    return run_episodes(env, _agent_step(model, deterministic), n_episodes)
+
+
+def evaluate_random(
+    task: str, n_episodes: int, seed: int, env_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The same summary for the policy that samples actions uniformly (the paper's baseline)."""
+    env = make_vec_env(task, _n_envs(task, n_episodes), seed, **(env_kwargs or {}))
+    env.action_space.seed(seed)
+
+    def step(obs: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.array([env.action_space.sample() for _ in range(len(obs))]), None
+
+    return run_episodes(env, step, n_episodes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from stpn_rl.train import load_run
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--deterministic", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    model, config = load_run(args.run_dir)
+    evaluation = config.get("evaluation", {})
+    result = evaluate_agent(
+        model,
+        config["task"],
+        args.episodes or evaluation.get("episodes", 100),
+        args.deterministic,
+        args.seed if args.seed is not None else config["seed"] + 10_000,
+        config["env"],
+    )
+    out = args.run_dir / "eval.json"
+    from stpn_rl.train import write_json
+
+    write_json(out, result)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""A recurrent actor-critic policy for ``sb3_contrib.RecurrentPPO`` whose core is any
+``stpn_core`` model.
+
+RecurrentPPO sizes its state arrays from ``policy.lstm_actor.num_layers`` and ``.hidden_size``
+and stores them as an LSTM pair ``(h, c)``. Rather than subclassing the algorithm and its buffer,
+:class:`RecurrentCore` presents every core's state LSTM-shaped: the core's flattened state
+(``flatten_state``, e.g. STPN's ``h`` and ``F``) is split in two halves that travel in the
+``h`` and ``c`` slots. Nothing is stored twice, the stock buffer and ``RecurrentPPO.load`` work
+unchanged, and an ``lstm`` core's halves are exactly its own ``(h, c)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import stpn_core
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import Tensor, nn
+
+CRITIC_CHOICES = ("shared", "separate")
+
+
+class RecurrentCore(nn.Module):
+    """A ``stpn_core`` model seen by RecurrentPPO as a one-layer LSTM.
+
+    ``hidden_size`` here is the width of each LSTM-shaped state slot (half the core's flattened
+    state, rounded up), which is what RecurrentPPO allocates; the core's own number of units is
+    ``core.hidden_size``.
+    """
+
+    num_layers = 1
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.input_size = core.input_size
+        self.state_size = core.state_size()
+        self.hidden_size = math.ceil(self.state_size / 2)
+
+    def pack(self, state: NamedTuple) -> tuple[Tensor, Tensor]:
+        """Core state -> LSTM-shaped ``(h, c)``, each ``(1, B, hidden_size)``."""
+        flat = self.core.flatten_state(state)
+        flat = nn.functional.pad(flat, (0, 2 * self.hidden_size - self.state_size))
+        return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
+
+    def unpack(self, slots: tuple[Tensor, Tensor]) -> NamedTuple:
+        """Inverse of :meth:`pack`."""
+        flat = torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.state_size]
+        return self.core.unflatten_state(flat.contiguous())
+
+    def reset_where(self, state: NamedTuple, starts: Tensor) -> NamedTuple:
+        """Replace the state of samples whose episode starts (``starts`` (B,) > 0) by the initial
+        state."""
+        initial = self.core.initial_state(starts.shape[0], device=starts.device)
+        mask = starts > 0
+        return type(state)(
+            *(
+                None if s is None else torch.where(mask.view(-1, *[1] * (s.dim() - 1)), i, s)
+                for s, i in zip(state, initial, strict=True)
+            )
+        )
+
+    def forward(
+        self, features: Tensor, slots: tuple[Tensor, Tensor], episode_starts: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Run padded sequences, resetting the state where episodes start.
+
+        ``features`` is ``(n_seq * T, I)`` sequence-major and ``episode_starts`` ``(n_seq * T,)``,
+        as sb3-contrib lays them out. The core runs whole stretches between the time indices at
+        which some episode starts, so a rollout step or a minibatch whose sequences each start
+        at an episode boundary is one call of the core.
+        """
+        n_seq = slots[0].shape[1]
+        x = features.reshape(n_seq, -1, self.input_size)
+        starts = episode_starts.reshape(n_seq, -1)
+        steps = x.shape[1]
+        cuts = torch.nonzero(starts.any(dim=0)).flatten().tolist()
+        bounds = sorted({0, steps, *cuts})
+        state = self.unpack(slots)
+        outputs = []
+        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+            state = self.reset_where(state, starts[:, begin])
+            output, state = self.core(x[:, begin:end], state)
+            outputs.append(output)
+        output = torch.cat(outputs, dim=1)
+        return output.reshape(n_seq * steps, -1), self.pack(state)
+
+
+class SmallAtariCNN(BaseFeaturesExtractor):
+    """The paper's Atari torso (spec §7.1): Conv(C→16, k8, s4), Conv(16→32, k4, s2), ReLUs.
+
+    On 84×84 frames it gives 32×9×9 = 2 592 features, which feed the recurrent core directly.
+    """
+
+    def __init__(self, observation_space: spaces.Box) -> None:
+        channels = observation_space.shape[0]
+        cnn = nn.Sequential(
+            nn.Conv2d(channels, 16, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_features = cnn(torch.zeros(1, *observation_space.shape)).shape[1]
+        super().__init__(observation_space, n_features)
+        self.cnn = cnn
+
+    def forward(self, observations: Tensor) -> Tensor:
+        return self.cnn(observations)
+
+
+class CorePolicy(RecurrentActorCriticPolicy):
+    """Actor-critic whose recurrent core is ``stpn_core.build_model(core, ...)``.
+
+    Args:
+        core: a name of ``stpn_core.MODELS`` (``"stpn"``, ``"lstm"``, ``"modplast"``, ...).
+        hidden_size: units of the core.
+        core_options: keyword options of the core (e.g. ``{"norm_timing": "post"}``).
+        critic: ``"shared"`` (default; the paper's network: one core, policy and value heads on
+            it, both losses train it) or ``"separate"`` (the critic has its own core).
+        net_arch: MLP layers between the core and the heads; ``[]`` (default) puts the linear
+            heads directly on the core, as the paper does.
+        **kwargs: the other ``ActorCriticPolicy`` options (features extractor, ortho_init, ...).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        core: str = "stpn",
+        hidden_size: int = 64,
+        core_options: dict[str, Any] | None = None,
+        critic: str = "shared",
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        lstm_only = {"lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm"}
+        if lstm_only & kwargs.keys() or "lstm_kwargs" in kwargs:
+            raise TypeError(
+                f"CorePolicy: {sorted(lstm_only & kwargs.keys()) or ['lstm_kwargs']} do not apply; "
+                "use core, hidden_size, core_options and critic"
+            )
+        if critic not in CRITIC_CHOICES:
+            raise ValueError(f"critic: expected one of {CRITIC_CHOICES}, got {critic!r}")
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size: expected a positive integer, got {hidden_size!r}")
+        if core_options is not None and not isinstance(core_options, dict):
+            raise TypeError(f"core_options: expected a dict, got {type(core_options).__name__}")
+        self.core_name, self.core_options, self.critic_mode = core, dict(core_options or {}), critic
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=[] if net_arch is None else net_arch,
+            lstm_hidden_size=hidden_size,
+            shared_lstm=True,
+            enable_critic_lstm=False,
+            **kwargs,
+        )
+        # The parent built a throwaway nn.LSTM; the cores replace it before the optimiser exists.
+        self.lstm_actor = self._build_core(hidden_size)
+        self.shared_lstm = critic == "shared"
+        self.lstm_critic = None if self.shared_lstm else self._build_core(hidden_size)
+        self.lstm_hidden_state_shape = (1, 1, self.lstm_actor.hidden_size)
+        self.optimizer = self.optimizer_class(
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
+
+    def _build_core(self, hidden_size: int) -> RecurrentCore:
+        model = stpn_core.build_model(
+            self.core_name, self.features_dim, hidden_size, **self.core_options
+        )
+        if model.output_size != hidden_size:
+            raise ValueError(
+                f"core: {self.core_name!r} outputs {model.output_size} features, "
+                f"expected hidden_size={hidden_size}"
+            )
+        return RecurrentCore(model).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            core=self.core_name,
+            hidden_size=self.lstm_output_dim,
+            core_options=self.core_options,
+            critic=self.critic_mode,
+        )
+        return data
+
+    @staticmethod
+    def _process_sequence(
+        features: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        lstm: nn.Module,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return lstm(features, lstm_states, episode_starts)
+
+    def _latents(
+        self, obs: Tensor, lstm_states: RNNStates, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, RNNStates]:
+        """Actor and critic latents. Unlike sb3-contrib's shared LSTM, a shared core is trained
+        by the value loss too (no detach), as in the paper and in SB3's shared-trunk PPO."""
+        features = self.extract_features(obs)
+        pi_features, vf_features = (
+            (features, features) if self.share_features_extractor else features
+        )
+        latent_pi, states_pi = self._process_sequence(
+            pi_features, lstm_states.pi, episode_starts, self.lstm_actor
+        )
+        if self.lstm_critic is None:
+            latent_vf, states_vf = latent_pi, states_pi
+        else:
+            latent_vf, states_vf = self._process_sequence(
+                vf_features, lstm_states.vf, episode_starts, self.lstm_critic
+            )
+        return (
+            self.mlp_extractor.forward_actor(latent_pi),
+            self.mlp_extractor.forward_critic(latent_vf),
+            RNNStates(states_pi, states_vf),
+        )
+
+    def forward(
+        self,
+        obs: Tensor,
+        lstm_states: RNNStates,
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
+        latent_pi, latent_vf, states = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions, self.value_net(latent_vf), log_prob, states
+
+    def evaluate_actions(
+        self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        latent_pi, latent_vf, _ = self._latents(obs, lstm_states, episode_starts)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
