@@ -1,0 +1,75 @@
+"""``write_report``: the table and every figure the runs have data for, written to disk.
+
+A figure is drawn only where the runs hold its data (an ART run has no reward curve, an LSTM no
+Λ/Γ), so one call covers a supervised runs tree, an RL one, or both under one root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from stpn_analysis.maze import maze_references
+from stpn_analysis.plots import (
+    plot_energy_profile,
+    plot_plasticity,
+    plot_proficiency_energy,
+    plot_reward_curves,
+    plot_validation_accuracy,
+    save_figure,
+)
+from stpn_analysis.runs import Run, load_plasticity, load_runs
+from stpn_analysis.tables import format_table, summarise
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Atomic text write (temp file + rename), as for every result file of the project."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path
+
+
+def _has_columns(runs: list[Run], *columns: str) -> bool:
+    return any(r.curves is not None and set(columns) <= set(r.curves.columns) for r in runs)
+
+
+def _figures(runs: list[Run]) -> dict[str, Figure]:
+    """Name -> figure for everything the runs can show, task by task."""
+    figures: dict[str, Figure] = {}
+    for task in sorted({run.task for run in runs}):
+        group = [run for run in runs if run.task == task]
+        figures[f"{task}_proficiency_energy"] = plot_proficiency_energy(group, task)
+        if any(run.metrics.get("energy_profile") for run in group):
+            figures[f"{task}_energy_profile"] = plot_energy_profile(group, task)
+        if _has_columns(group, "epoch", "val/acc"):
+            figures[f"{task}_val_acc"] = plot_validation_accuracy(group, task)
+        if _has_columns(group, "time/total_timesteps", "rollout/ep_rew_mean"):
+            references = maze_references() if task == "maze" else None
+            figures[f"{task}_reward"] = plot_reward_curves(group, task, references)
+        for model in sorted({run.model for run in group}):
+            if any(load_plasticity(run) for run in group if run.model == model):
+                figures[f"{task}_{model}_plasticity"] = plot_plasticity(group, task, model)
+    return figures
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Read the runs under ``runs_dir`` and write ``summary.csv``, ``summary.md`` and
+    ``figures/*.png`` into ``out_dir`` (default: ``runs_dir``).
+
+    Returns the written paths by name: ``"summary_csv"``, ``"summary_md"`` and one entry per
+    figure (e.g. ``"ar_val_acc"``). Errors as :func:`stpn_analysis.load_runs`.
+    """
+    runs = load_runs(runs_dir)
+    out = Path(runs_dir if out_dir is None else out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarise(runs)
+    paths = {
+        "summary_csv": _write_text(out / "summary.csv", table.to_csv(index=False)),
+        "summary_md": _write_text(out / "summary.md", format_table(table)),
+    }
+    for name, figure in _figures(runs).items():
+        paths[name] = save_figure(figure, out / "figures" / f"{name}.png")
+    return paths
