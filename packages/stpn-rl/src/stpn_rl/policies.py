@@ -23,7 +23,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-CRITIC_CHOICES = ("shared", "separate")
+CRITIC_CHOICES = ("shared", "detached", "separate")
 
 
 class RecurrentCore(nn.Module):
@@ -123,8 +123,12 @@ class CorePolicy(RecurrentActorCriticPolicy):
         core: a name of ``stpn_core.MODELS`` (``"stpn"``, ``"lstm"``, ``"modplast"``, ...).
         hidden_size: units of the core.
         core_options: keyword options of the core (e.g. ``{"norm_timing": "post"}``).
-        critic: ``"shared"`` (default; the paper's network: one core, policy and value heads on
-            it, both losses train it) or ``"separate"`` (the critic has its own core).
+        critic: how the value head gets its features. ``"detached"`` (default; sb3-contrib's
+            shared LSTM): from the actor's core, which only the policy loss trains.
+            ``"shared"``: from the actor's core, trained by the value loss too (the paper's A2C
+            network; with maze rewards of 10 the value loss then swamps the policy gradient
+            unless ``vf_coef`` is small). ``"separate"``: from a core of its own (sb3-contrib's
+            default; twice the compute).
         net_arch: MLP layers between the core and the heads; ``[]`` (default) puts the linear
             heads directly on the core, as the paper does.
         **kwargs: the other ``ActorCriticPolicy`` options (features extractor, ortho_init, ...).
@@ -138,7 +142,7 @@ class CorePolicy(RecurrentActorCriticPolicy):
         core: str = "stpn",
         hidden_size: int = 64,
         core_options: dict[str, Any] | None = None,
-        critic: str = "shared",
+        critic: str = "detached",
         net_arch: list[int] | dict[str, list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -167,7 +171,7 @@ class CorePolicy(RecurrentActorCriticPolicy):
         )
         # The parent built a throwaway nn.LSTM; the cores replace it before the optimiser exists.
         self.lstm_actor = self._build_core(hidden_size)
-        self.shared_lstm = critic == "shared"
+        self.shared_lstm = critic != "separate"
         self.lstm_critic = None if self.shared_lstm else self._build_core(hidden_size)
         self.lstm_hidden_state_shape = (1, 1, self.lstm_actor.hidden_size)
         self.optimizer = self.optimizer_class(
@@ -207,8 +211,7 @@ class CorePolicy(RecurrentActorCriticPolicy):
     def _latents(
         self, obs: Tensor, lstm_states: RNNStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, RNNStates]:
-        """Actor and critic latents. Unlike sb3-contrib's shared LSTM, a shared core is trained
-        by the value loss too (no detach), as in the paper and in SB3's shared-trunk PPO."""
+        """Actor and critic latents; see ``critic`` in the class docstring."""
         features = self.extract_features(obs)
         pi_features, vf_features = (
             (features, features) if self.share_features_extractor else features
@@ -217,7 +220,8 @@ class CorePolicy(RecurrentActorCriticPolicy):
             pi_features, lstm_states.pi, episode_starts, self.lstm_actor
         )
         if self.lstm_critic is None:
-            latent_vf, states_vf = latent_pi, states_pi
+            detach = self.critic_mode == "detached"
+            latent_vf, states_vf = (latent_pi.detach() if detach else latent_pi), states_pi
         else:
             latent_vf, states_vf = self._process_sequence(
                 vf_features, lstm_states.vf, episode_starts, self.lstm_critic

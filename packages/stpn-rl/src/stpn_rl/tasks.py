@@ -21,6 +21,7 @@ from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecTransposeImage
 
 from stpn_rl.envs import MazeVecEnv
+from stpn_rl.envs.maze import check_maze_options
 from stpn_rl.policies import SmallAtariCNN
 
 ATARI_WRAPPER_OPTIONS = (
@@ -114,6 +115,9 @@ def check_env_kwargs(task: str, env_kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(env_kwargs) - set(allowed)) if allowed is not None else []
     if unknown:
         raise ValueError(f"env: unknown option(s) {unknown} for task {task!r}; valid: {allowed}")
+    if task == "maze":
+        defaults = {"size": 13, "episode_length": 200, "reward_value": 10.0, "wall_penalty": 0.0}
+        check_maze_options(**(defaults | env_kwargs))
 
 
 def make_vec_env(task: str, n_envs: int, seed: int, **env_kwargs: Any) -> VecEnv:

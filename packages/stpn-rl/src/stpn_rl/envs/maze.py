@@ -144,8 +144,12 @@ class MazeAgents:
         return obs.copy()
 
 
-def observation_space() -> spaces.Box:
-    return spaces.Box(low=-np.inf, high=np.inf, shape=(OBSERVATION_SIZE,), dtype=np.float32)
+def observation_space(agents: MazeAgents) -> spaces.Box:
+    """Bounds of the 17 slots: walls and one-hots in [0, 1], the previous reward between the
+    wall penalty and the reward value."""
+    low = min(0.0, -agents.wall_penalty)
+    high = max(1.0, agents.reward_value)
+    return spaces.Box(low=low, high=high, shape=(OBSERVATION_SIZE,), dtype=np.float32)
 
 
 class MazeEnv(gym.Env):
@@ -165,7 +169,7 @@ class MazeEnv(gym.Env):
         wall_penalty: float = 0.0,
     ) -> None:
         self.agents = MazeAgents(1, size, episode_length, reward_value, wall_penalty)
-        self.observation_space = observation_space()
+        self.observation_space = observation_space(self.agents)
         self.action_space = spaces.Discrete(N_ACTIONS)
         self.render_mode = None
 

@@ -38,7 +38,7 @@ class MazeVecEnv(VecEnv):
     ) -> None:
         self.agents = MazeAgents(n_envs, size, episode_length, reward_value, wall_penalty)
         self.render_mode = None
-        super().__init__(n_envs, observation_space(), spaces.Discrete(N_ACTIONS))
+        super().__init__(n_envs, observation_space(self.agents), spaces.Discrete(N_ACTIONS))
         self._actions: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
@@ -63,7 +63,7 @@ class MazeVecEnv(VecEnv):
         finished = np.flatnonzero(dones)
         if len(finished):
             for i in finished:
-                infos[i]["terminal_observation"] = obs[i]
+                infos[i]["terminal_observation"] = obs[i].copy()
                 infos[i]["TimeLimit.truncated"] = False
             self.agents.reset(finished)
             obs[finished] = self.agents.observe()[finished]
