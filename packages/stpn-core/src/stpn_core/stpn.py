@@ -298,18 +298,71 @@ class STPN(_STPNBase):
         hidden_size: int,
         bias: bool = True,
         batch_first: bool = True,
+        *,
+        implementation: str = "auto",
+        bptt_chunk: int | None = None,
+        bptt_mode: str = "checkpoint",
         **options: object,
     ) -> None:
+        """``implementation``: ``"fast"`` (hand-derived backward, :mod:`stpn_core.fast`),
+        ``"reference"`` (the plain loop over :meth:`_step`, the definition) or ``"auto"`` (fast
+        when it covers the options, else the reference with one warning).
+
+        ``bptt_chunk``: split long sequences into chunks of this many steps. With
+        ``bptt_mode="checkpoint"`` gradients stay exact and only each chunk's starting state is
+        kept (the chunk is recomputed in the backward); with ``"truncate"`` the state is detached
+        between chunks (truncated BPTT: gradients do not cross chunk boundaries).
+        """
+        from stpn_core import fast  # the fast path imports this module's types
+
         super().__init__(input_size, hidden_size, bias, **options)  # type: ignore[arg-type]
         self.batch_first = batch_first
+        check_choice("implementation", implementation, ("auto", "fast", "reference"))
+        check_choice("bptt_mode", bptt_mode, ("checkpoint", "truncate"))
+        if bptt_chunk is not None:
+            check_positive_int("bptt_chunk", bptt_chunk)
+        reason = fast.unsupported_reason(self)
+        if implementation == "fast" and reason is not None:
+            raise ValueError(
+                f'implementation: "fast" does not support {reason}; use "auto" or "reference"'
+            )
+        self.implementation, self.bptt_chunk, self.bptt_mode = implementation, bptt_chunk, bptt_mode
+        self._fallback_warned: set[str] = set()
 
     def forward(self, x: Tensor, state: STPNState | None = None) -> tuple[Tensor, STPNState]:
+        import warnings
+
+        from stpn_core import fast
+
         x, state = self._prepare_input(x, state)
+        use_fast = self.implementation != "reference" and x.shape[1] > 0
+        if use_fast and (reason := fast.unsupported_reason(self)) is not None:
+            if self.implementation == "fast":
+                raise ValueError(f'implementation: "fast" does not support {reason}')
+            if reason not in self._fallback_warned:
+                self._fallback_warned.add(reason)
+                warnings.warn(
+                    f"STPN: the fast path does not support {reason}; using the slower "
+                    'reference loop (pass implementation="reference" to silence this)',
+                    stacklevel=2,
+                )
+            use_fast = False
+        truncate = self.bptt_mode == "truncate" and self.bptt_chunk is not None
+        every = None if truncate else self.bptt_chunk
+        step = self.bptt_chunk if truncate else max(1, x.shape[1])
         outputs = []
-        for t in range(x.shape[1]):
-            state = self._step(x[:, t], state)
-            outputs.append(state.h)
-        return self._finish_output(torch.stack(outputs, dim=1)), state
+        for t0 in range(0, max(1, x.shape[1]), step):
+            if t0 > 0:  # truncated BPTT: no gradient across the chunk boundary
+                state = type(state)(*(None if s is None else s.detach() for s in state))
+            chunk = x[:, t0 : t0 + step]
+            if use_fast:
+                out, h, F = fast.fast_sequence(self, chunk, state, every)
+                state = STPNState(h, F, None)
+            else:
+                out, state = fast.reference_sequence(self, chunk, state, every)
+            outputs.append(out)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return self._finish_output(output), state
 
     def energy(self, x: Tensor, state: STPNState | None = None) -> Tensor:
         """Energy of every step ``(B, T)``, summed over units, each from the state before it."""

@@ -1,0 +1,229 @@
+"""Load the fused C time loop (``native/stpn_loop.c``) and call it on torch tensors through ctypes.
+
+The C file includes no torch header, so building it takes about a second with the system C
+compiler; the library is cached per source, compiler flags and CPU (``$STPN_CACHE_DIR`` or
+``~/.cache/stpn_core``), so later processes only load it. Without a working compiler,
+:func:`library` returns ``None`` and the fast path runs on batched torch ops instead
+(:mod:`stpn_core.fast_kernels`), which gives the same results, more slowly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from stpn_core.fast_kernels import Config, finish_plastic_grads
+from stpn_core.functional import NORM_EPS
+
+SOURCE = Path(__file__).with_name("native") / "stpn_loop.c"
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC", "-std=c11")
+ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3}
+REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
+CHECKPOINT_EVERY = 16
+"""Steps between stored memories: the backward recomputes 16 steps of one sample at a time, a
+workspace small enough to stay in cache, and the forward stores 1/16 of the memory history."""
+MIN_SAMPLES_PER_THREAD = 4
+"""Below this many samples per thread, the thread hand-off costs more than it saves."""
+
+
+class _Cfg(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_long) for name in ("T", "B", "I", "H", "D", "K")]
+    _fields_ += [
+        (name, ctypes.c_int)
+        for name in (
+"recurrent", "normalise", "post", "current", "act", "has_bias")
+    ]
+    _fields_ += [("clamp", ctypes.c_double), ("eps", ctypes.c_double)]
+
+
+def _cpu_signature() -> str:
+    """The CPU's feature flags, since ``-march=native`` code may not run on another CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(real: str) -> Path | None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not SOURCE.exists():
+        return None
+    flags = (*FLAGS, f"-DREAL={real}")
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join((compiler, *flags, _cpu_signature())).encode()
+    ).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("STPN_CACHE_DIR", Path.home() / ".cache" / "stpn_core"))
+    target = cache_dir / f"stpn_loop_{real}_{key}.so"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", str(built), "-lm"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            return None
+        os.replace(built, target)  # atomic: concurrent builders never see a partial file
+    return target
+
+
+@cache
+def library(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The compiled loop for ``dtype`` (float32 or float64), or ``None`` when unavailable."""
+    if os.environ.get("STPN_DISABLE_NATIVE") or dtype not in REAL_TYPES:
+        return None
+    try:
+        path = _build(REAL_TYPES[dtype])
+        return None if path is None else ctypes.CDLL(str(path))
+    except OSError:
+        return None
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether the C loop can take these tensors (CPU, float32/float64, and compiled)."""
+    present = [t for t in tensors if t is not None]
+    return all(t.device.type == "cpu" for t in present) and library(present[0].dtype) is not None
+
+
+def _ptr(tensor: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if tensor is None else tensor.data_ptr())
+
+
+def _cfg(cfg: Config, shape: tuple[int, ...], has_bias: bool) -> _Cfg:
+    return _Cfg(
+        *shape, cfg.recurrent, cfg.normalise, cfg.post, cfg.current,
+        ACTIVATION_CODES[cfg.activation], has_bias, cfg.clamp or 0.0, NORM_EPS,
+    )
+
+
+def _plastic(lam: Tensor, gam: Tensor, shape: torch.Size, cfg: Config) -> tuple[Tensor, Tensor]:
+    """Λ and the effective Γ (``Λ⊙Γ`` for ``prompt_decay``) as contiguous ``(H, D)`` arrays."""
+    gam_eff = lam * gam if cfg.prompt_decay else gam
+    return lam.expand(shape).contiguous(), gam_eff.expand(shape).contiguous()
+
+
+@dataclass
+class NativeSaved:
+    """What the C forward keeps: the memory every ``K`` steps and the small per-step arrays."""
+
+    checkpoints: Tensor  # (ceil(T/K), B, H, D)
+    V: Tensor  # (T+1, B, D)
+    out: Tensor  # (T, B, H)
+    R: Tensor | None
+    S: Tensor
+    R2: Tensor | None
+    F_final: Tensor  # (B, H, D)
+    every: int
+
+
+def _batch_ranges(batch: int) -> list[tuple[int, int]]:
+    """Split the batch into one contiguous range per torch thread (the C loop releases the GIL)."""
+    parts = max(1, min(torch.get_num_threads(), batch // MIN_SAMPLES_PER_THREAD))
+    bounds = [round(k * batch / parts) for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _parallel(ranges: list[tuple[int, int]], call: Callable[[int, int, int], None]) -> None:
+    if len(ranges) == 1:
+        call(0, *ranges[0])
+        return
+    futures = [_executor().submit(call, k, b0, b1) for k, (b0, b1) in enumerate(ranges)]
+    for future in futures:
+        future.result()
+
+
+@cache
+def _executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="stpn")
+
+
+def forward(
+    x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
+    cfg: Config,
+) -> NativeSaved:
+    """The sequence forward in C: outputs, final memory, and what :func:`backward` needs."""
+    T, B, I = x.shape  # noqa: E741
+    H, D = W.shape
+    every = max(1, min(T, CHECKPOINT_EVERY))
+    opts = {"device": x.device, "dtype": x.dtype}
+    V = torch.zeros(T + 1, B, D, **opts)
+    V[:T, :, :I] = x
+    if cfg.recurrent:
+        V[0, :, I:] = h0
+    out, S = torch.empty(T, B, H, **opts), torch.empty(T, B, H, **opts)
+    R = torch.empty(T, B, H, **opts) if cfg.normalise else None
+    R2 = torch.empty(T, B, H, **opts) if cfg.post else None
+    checkpoints = torch.empty(-(-T // every), B, H, D, **opts)
+    F_final = torch.empty(B, H, D, **opts)
+    F0 = F0.contiguous()
+    W, (lam, gam) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
+    b = None if b is None else b.contiguous()
+    c = _cfg(cfg, (T, B, I, H, D, every), b is not None)
+    run = library(x.dtype).stpn_forward
+
+    def call(_: int, b0: int, b1: int) -> None:
+        run(
+            ctypes.byref(c), ctypes.c_long(b0), ctypes.c_long(b1), _ptr(W), _ptr(b), _ptr(lam),
+            _ptr(gam), _ptr(F0), _ptr(V), _ptr(out), _ptr(R), _ptr(S), _ptr(R2),
+            _ptr(checkpoints), _ptr(F_final),
+        )
+
+    _parallel(_batch_ranges(B), call)
+    return NativeSaved(checkpoints, V, out, R, S, R2, F_final, every)
+
+
+def backward(
+    saved: NativeSaved, grad_out: Tensor, grad_F: Tensor, W: Tensor, b: Tensor | None,
+    lam: Tensor, gam: Tensor, cfg: Config, input_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Gradients of ``x`` ``(T, B, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C."""
+    T, B, H, D = saved.S.shape[0], saved.S.shape[1], W.shape[0], W.shape[1]
+    opts = {"device": W.device, "dtype": W.dtype}
+    gF = grad_F.contiguous().clone()
+    gh = torch.zeros(B, H, **opts)
+    gx = torch.empty(T, B, input_size, **opts)
+    ranges = _batch_ranges(B)
+    # One set of accumulators per thread: (W, b, Λ, Γe), summed afterwards.
+    acc = torch.zeros(len(ranges), 3 * H * D + H, **opts)
+    W, (lam_hd, gam_hd) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
+    grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
+    c = _cfg(cfg, (T, B, input_size, H, D, saved.every), b is not None)
+    run = library(W.dtype).stpn_backward
+
+    def call(k: int, b0: int, b1: int) -> None:
+        gW, gb, g_lam, g_hebb = _split_accumulators(acc[k], H, D)
+        run(
+            ctypes.byref(c), ctypes.c_long(b0), ctypes.c_long(b1), _ptr(W), _ptr(lam_hd),
+            _ptr(gam_hd), _ptr(saved.checkpoints), _ptr(saved.V), _ptr(saved.out), _ptr(saved.R),
+            _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(gF), _ptr(gh), _ptr(gx),
+            _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
+        )
+
+    _parallel(ranges, call)
+    gW, gb, g_lam, g_hebb = _split_accumulators(acc.sum(0), H, D)
+    g_lam, g_gam = finish_plastic_grads(g_lam, g_hebb, lam, gam, cfg)
+    return gx, gh, gF, gW, gb if b is not None else None, g_lam, g_gam
+
+
+def _split_accumulators(flat: Tensor, H: int, D: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    gW, g_lam, g_hebb, gb = torch.split(flat, [H * D, H * D, H * D, H])
+    return gW.view(H, D), gb, g_lam.view(H, D), g_hebb.view(H, D)

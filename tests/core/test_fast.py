@@ -1,0 +1,228 @@
+"""The fast STPN path against the reference loop: outputs, states, every gradient, gradcheck,
+chunking, truncated BPTT / checkpointing, the automatic fallback and option validation.
+
+Both fast backends run: the fused C loop (when a C compiler is present) and the batched torch
+ops it falls back to; ``backend`` selects one by telling the dispatcher whether C is usable.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from stpn_core import STPN, STPNLinear, STPNState, fast_native
+
+DOUBLE = torch.float64
+T_LONG = 2 * fast_native.CHECKPOINT_EVERY + 5  # three checkpoint chunks, the last one partial
+
+OPTIONS = {
+    "default": {},
+    "maze": {"norm_timing": "post", "clamp": 0.05},
+    "scalar": {"per_synapse": False},
+    "clamp_pre": {"clamp": 0.05},
+    "prompt_decay": {"update": "prompt_decay", "clamp": 0.05},
+    "current": {"presynaptic": "current", "activation": "sigmoid"},
+    "no_norm_relu": {"norm": "none", "activation": "relu"},
+    "identity_no_bias": {"activation": "identity", "bias": False},
+    "scalar_post_current": {"per_synapse": False, "norm_timing": "post", "presynaptic": "current"},
+}
+
+
+@pytest.fixture(params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "native":
+        if fast_native.library(DOUBLE) is None:
+            pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
+    else:
+        monkeypatch.setattr(fast_native, "usable", lambda *tensors: False)
+    return request.param
+
+
+def pair(cls: type[STPN], **options: object) -> tuple[STPN, STPN]:
+    """A fast and a reference module with the same parameters; Γ scaled up so the memory
+    matters (and the clamp binds) within a few steps."""
+    fast = cls(5, 4, implementation="fast", dtype=DOUBLE, **options)
+    reference = cls(5, 4, implementation="reference", dtype=DOUBLE, **options)
+    with torch.no_grad():
+        fast.weight_gamma.mul_(300)
+    reference.load_state_dict(fast.state_dict())
+    return fast, reference
+
+
+def random_state(model: STPN, batch: int) -> STPNState:
+    zero = model.initial_state(batch)
+    return STPNState(
+        torch.randn_like(zero.h).requires_grad_(),
+        (0.3 * torch.randn_like(zero.F)).requires_grad_(),
+        None,
+    )
+
+
+def loss_and_grads(model: STPN, x: torch.Tensor, state: STPNState | None):
+    out, final = model(x, state)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=DOUBLE)
+    loss = (out * weights).sum() + 0.3 * final.F.square().sum() + 0.7 * final.h.sum()
+    inputs = [*model.parameters(), x] + ([] if state is None else [state.h, state.F])
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    grads = [torch.zeros_like(i) if g is None else g for g, i in zip(grads, inputs, strict=True)]
+    return out, final, grads
+
+
+def assert_close(got, want) -> None:
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("cls", [STPN, STPNLinear])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fast_equals_reference(backend: str, name: str, cls: type[STPN], with_state: bool) -> None:
+    fast, reference = pair(cls, **OPTIONS[name])
+    x = torch.randn(3, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+    state = random_state(fast, 3) if with_state else None
+    out_f, final_f, grads_f = loss_and_grads(fast, x, state)
+    out_r, final_r, grads_r = loss_and_grads(reference, x, state)
+    assert_close(out_f, out_r)
+    assert_close(final_f.h, final_r.h)
+    assert_close(final_f.F, final_r.F)
+    assert final_f.F_bias is None
+    for got, want in zip(grads_f, grads_r, strict=True):
+        assert_close(got, want)
+    assert any(g.abs().max() > 0 for g in grads_f)
+
+
+def test_time_major_layout(backend: str) -> None:
+    fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
+    fast.batch_first = reference.batch_first = False
+    x = torch.randn(7, 3, 5, dtype=DOUBLE)
+    assert_close(fast(x)[0], reference(x)[0])
+
+
+@pytest.mark.parametrize("name", ["default", "maze"])
+def test_two_calls_equal_one(backend: str, name: str) -> None:
+    fast, _ = pair(STPN, **OPTIONS[name])
+    x = torch.randn(2, 11, 5, dtype=DOUBLE, requires_grad=True)
+    whole, state_whole = fast(x)
+    first, state = fast(x[:, :4])
+    second, state_split = fast(x[:, 4:], state)
+    assert_close(torch.cat([first, second], dim=1), whole)
+    assert_close(state_split.F, state_whole.F)
+    g_whole = torch.autograd.grad(whole.sum() + state_whole.F.sum(), [fast.weight, x])
+    g_split = torch.autograd.grad(
+        first.sum() + second.sum() + state_split.F.sum(), [fast.weight, x]
+    )
+    for got, want in zip(g_split, g_whole, strict=True):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["default", "maze", "scalar", "current"])
+def test_gradcheck(backend: str, name: str) -> None:
+    model = STPN(3, 2, implementation="fast", dtype=DOUBLE, **OPTIONS[name])
+    with torch.no_grad():
+        model.weight_gamma.mul_(100)
+    names = [n for n, _ in model.named_parameters()]
+    state = random_state(model, 2)
+
+    def outputs(x, h, F, *values):
+        # Parameters enter as plain inputs, so gradcheck perturbs them too.
+        out, final = torch.func.functional_call(
+            model, dict(zip(names, values, strict=True)), (x, STPNState(h, F, None))
+        )
+        return out, final.F
+
+    params = (p.detach().clone().requires_grad_() for p in model.parameters())
+    x = torch.randn(2, 4, 3, dtype=DOUBLE, requires_grad=True)
+    assert torch.autograd.gradcheck(outputs, (x, state.h, state.F, *params), atol=1e-7)
+
+
+def test_float32_close_to_float64(backend: str) -> None:
+    model = STPN(6, 5, implementation="fast", norm_timing="post", clamp=1.0, dtype=DOUBLE)
+    x = torch.randn(4, 30, 6, dtype=DOUBLE)
+    want, _ = model(x)
+    model32 = STPN(6, 5, implementation="fast", norm_timing="post", clamp=1.0)
+    model32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    got, _ = model32(x.float())
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_checkpointed_bptt_is_exact(implementation: str) -> None:
+    plain, _ = pair(STPN, norm_timing="post", clamp=0.05)
+    chunked = STPN(5, 4, implementation=implementation, bptt_chunk=3, norm_timing="post",
+                   clamp=0.05, dtype=DOUBLE)
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 10, 5, dtype=DOUBLE, requires_grad=True)
+    out_p, _, grads_p = loss_and_grads(plain, x, None)
+    out_c, _, grads_c = loss_and_grads(chunked, x, None)
+    assert_close(out_c, out_p)
+    for got, want in zip(grads_c, grads_p, strict=True):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_truncated_bptt_stops_gradients_at_chunk_boundaries(implementation: str) -> None:
+    model = STPN(5, 4, implementation=implementation, bptt_chunk=4, bptt_mode="truncate",
+                 dtype=DOUBLE)
+    plain = STPN(5, 4, implementation="reference", dtype=DOUBLE)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 10, 5, dtype=DOUBLE, requires_grad=True)
+    out, final = model(x)
+    expected_out, expected_final = plain(x)
+    assert_close(out, expected_out)
+    assert_close(final.F, expected_final.F)
+    # By hand: the plain loop over the same chunks, detaching the state in between.
+    state, pieces = None, []
+    for t0 in range(0, 10, 4):
+        if state is not None:
+            state = STPNState(state.h.detach(), state.F.detach(), None)
+        piece, state = plain(x[:, t0 : t0 + 4], state)
+        pieces.append(piece)
+    manual = torch.cat(pieces, dim=1)
+    got = torch.autograd.grad(out.square().sum(), [x, *model.parameters()], retain_graph=True)
+    want = torch.autograd.grad(manual.square().sum(), [x, *plain.parameters()])
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w)
+    # The last output does not depend on inputs before its chunk.
+    (grad_x,) = torch.autograd.grad(out[:, -1].sum(), [x])
+    assert grad_x[:, :8].abs().max() == 0
+    assert grad_x[:, 8:].abs().max() > 0
+
+
+def test_unsupported_option_falls_back_with_one_warning() -> None:
+    auto = STPN(5, 4, rule="oja", dtype=DOUBLE)
+    reference = STPN(5, 4, rule="oja", implementation="reference", dtype=DOUBLE)
+    reference.load_state_dict(auto.state_dict())
+    x = torch.randn(2, 6, 5, dtype=DOUBLE)
+    with pytest.warns(UserWarning, match='rule="oja"'):
+        out, _ = auto(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto(x)  # warned once per module and reason
+        reference(x)
+    assert_close(out, reference(x)[0])
+
+
+def test_supported_options_do_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        STPN(5, 4, norm_timing="post", clamp=1.0)(torch.randn(2, 3, 5))
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"implementation": "fast", "rule": "oja"}, "implementation"),
+        ({"implementation": "fast", "plastic_inputs": "hidden"}, "implementation"),
+        ({"implementation": "compiled"}, "implementation"),
+        ({"bptt_chunk": 0}, "bptt_chunk"),
+        ({"bptt_mode": "sometimes"}, "bptt_mode"),
+    ],
+)
+def test_bad_options_raise(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        STPN(5, 4, **options)
+
+
+def test_bptt_chunk_type() -> None:
+    with pytest.raises(TypeError, match="bptt_chunk"):
+        STPN(5, 4, bptt_chunk=2.5)
