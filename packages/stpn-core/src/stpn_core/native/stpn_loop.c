@@ -144,21 +144,59 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
     free(ubuf);
 }
 
+/* The part of one step back for unit i that goes through its output and norm into row i of
+ * dL/dF_t; g_hebb_i and pre_dot_i (= Σ_j Λ_ij dL/dP_ij F_ij) come from the first part. */
+static inline void row_backward(const Cfg *c, long i, const REAL *W, const REAL *lam,
+                                const REAL *F, const REAL *v, const REAL *h, const REAL *R,
+                                const REAL *S, const REAL *grad_out, REAL *gF, const REAL *gh,
+                                REAL *gW, REAL *gb, const REAL *gP, const REAL *gu, REAL *gv,
+                                REAL g_hebb_i, REAL pre_dot_i) {
+    const long D = c->D;
+    REAL *restrict gFi = gF + i * D, *restrict gWi = gW + i * D;
+    const REAL *restrict Fi = F + i * D, *restrict Wi = W + i * D;
+    const REAL *restrict li = lam + i * D, *restrict gPi = gP + i * D;
+    REAL g_total = grad_out[i] + gh[i] + g_hebb_i;
+    if (c->current && c->recurrent) g_total += gu[c->NI + i];
+    const REAL ga = g_total * activation_grad(h[i], c->act);
+    gb[i] += ga;
+    REAL gs = ga, coef = 0, inv = 1;
+    if (c->normalise) {
+        const REAL r = R[i], n = r + (REAL)c->eps;
+        gs = ga / n;
+        REAL gn = -ga * S[i] / (n * n);
+        if (!c->post) {
+            gn -= pre_dot_i / (n * n);
+            inv = 1 / n;
+        }
+        coef = gn / r;
+    }
+#pragma omp simd
+    for (long j = 0; j < D; j++) {
+        const REAL G = Wi[j] + Fi[j];
+        const REAL gG = gs * v[j] + coef * G;
+        gWi[j] += gG;
+        gv[j] += gs * G;
+        gFi[j] = gG + li[j] * gPi[j] * inv;
+    }
+}
+
 /* One step back for one sample. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
- * likewise carries dL/dh_t -> dL/dh_{t-1}. gW, gb, glam, ghebb (dL/d effective gamma) accumulate. */
+ * likewise carries dL/dh_t -> dL/dh_{t-1}. gW, gb, glam, ghebb (dL/d effective gamma) accumulate.
+ * Each row is finished while it is in cache, except with presynaptic="current", where every
+ * row's output gradient also needs the Hebbian gradient of u_t = [x_t; h_t] from all rows. */
 static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
                           const REAL *F, const REAL *Fn, const unsigned char *mask, const REAL *v,
                           const REAL *u, const REAL *h, const REAL *R, const REAL *S,
                           const REAL *R2, const REAL *grad_out, REAL *gF, REAL *gh, REAL *gx,
                           REAL *gW, REAL *gb, REAL *glam, REAL *ghebb, REAL *gP, REAL *gu,
-                          REAL *gv, REAL *g_hebb) {
+                          REAL *gv, REAL *g_hebb, REAL *pre_dot) {
     const long H = c->H, D = c->D, NI = c->NI;
-    const int pre_norm = c->normalise && !c->post;
+    const int pre_norm = c->normalise && !c->post, deferred = c->current && c->recurrent;
     memset(gu, 0, sizeof(REAL) * D);
     memset(gv, 0, sizeof(REAL) * D);
     for (long i = 0; i < H; i++) { /* dL/dP and everything that only needs it */
         const REAL *restrict gFi = gF + i * D, *restrict Fi = F + i * D, *restrict Fni = Fn + i * D;
-        const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D;
+        const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D, *restrict li = lam + i * D;
         REAL *restrict gPi = gP + i * D, *restrict gWi = gW + i * D;
         if (c->post) {
             const REAL r2 = R2[i], n2 = r2 + (REAL)c->eps;
@@ -182,49 +220,38 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
         }
         const REAL hi = h[i], inv = pre_norm ? 1 / (R[i] + (REAL)c->eps) : 1;
         REAL *restrict glami = glam + i * D, *restrict ghebbi = ghebb + i * D;
-        REAL acc = 0;
+        REAL acc = 0, dot = 0;
+        if (pre_norm) {
+#pragma omp simd reduction(+ : acc, dot)
+            for (long j = 0; j < D; j++) {
+                const REAL gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
+                acc += gpg * u[j];
+                dot += li[j] * gpF;
+                gu[j] += gpg * hi;
+                ghebbi[j] += gp * (hi * u[j]);
+                glami[j] += gpF * inv;
+            }
+        } else {
 #pragma omp simd reduction(+ : acc)
-        for (long j = 0; j < D; j++) {
-            const REAL gp = gPi[j], gpg = gp * gi[j];
-            acc += gpg * u[j];
-            gu[j] += gpg * hi;
-            ghebbi[j] += gp * (hi * u[j]);
-            glami[j] += gp * (Fi[j] * inv);
+            for (long j = 0; j < D; j++) {
+                const REAL gp = gPi[j], gpg = gp * gi[j];
+                acc += gpg * u[j];
+                gu[j] += gpg * hi;
+                ghebbi[j] += gp * (hi * u[j]);
+                glami[j] += gp * Fi[j];
+            }
         }
         g_hebb[i] = acc;
+        pre_dot[i] = dot;
+        if (!deferred)
+            row_backward(c, i, W, lam, F, v, h, R, S, grad_out, gF, gh, gW, gb, gP, gu, gv, acc,
+                         dot);
     }
-    for (long i = 0; i < H; i++) { /* through the output, the norm, and into F_t */
-        REAL *restrict gFi = gF + i * D, *restrict gWi = gW + i * D;
-        const REAL *restrict Fi = F + i * D, *restrict Wi = W + i * D;
-        const REAL *restrict li = lam + i * D, *restrict gPi = gP + i * D;
-        REAL g_total = grad_out[i] + gh[i] + g_hebb[i];
-        if (c->current && c->recurrent) g_total += gu[NI + i];
-        const REAL ga = g_total * activation_grad(h[i], c->act);
-        gb[i] += ga;
-        REAL gs = ga, coef = 0, inv = 1;
-        if (c->normalise) {
-            const REAL r = R[i], n = r + (REAL)c->eps;
-            gs = ga / n;
-            REAL gn = -ga * S[i] / (n * n);
-            if (pre_norm) {
-                REAL dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (long j = 0; j < D; j++) dot += li[j] * gPi[j] * Fi[j];
-                gn -= dot / (n * n);
-                inv = 1 / n;
-            }
-            coef = gn / r;
-        }
-#pragma omp simd
-        for (long j = 0; j < D; j++) {
-            const REAL G = Wi[j] + Fi[j];
-            const REAL gG = gs * v[j] + coef * G;
-            gWi[j] += gG;
-            gv[j] += gs * G;
-            gFi[j] = gG + li[j] * gPi[j] * inv;
-        }
-    }
-    if (c->current && c->recurrent) {
+    if (deferred)
+        for (long i = 0; i < H; i++)
+            row_backward(c, i, W, lam, F, v, h, R, S, grad_out, gF, gh, gW, gb, gP, gu, gv,
+                         g_hebb[i], pre_dot[i]);
+    if (deferred) {
         for (long j = 0; j < NI; j++) gx[j] = gv[j] + gu[j];
         memcpy(gh, gv + NI, sizeof(REAL) * H);
     } else {
@@ -243,6 +270,7 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     unsigned char *mask = c->clamp > 0 ? malloc(HD * K) : NULL;
     REAL *gu = malloc(sizeof(REAL) * D), *gv = malloc(sizeof(REAL) * D);
     REAL *ubuf = malloc(sizeof(REAL) * D), *g_hebb = malloc(sizeof(REAL) * H);
+    REAL *pre_dot = malloc(sizeof(REAL) * H);
     const REAL *noR = NULL;
     for (long b = b0; b < b1; b++) {
         for (long t0 = ((c->T - 1) / K) * K; t0 >= 0; t0 -= K) {
@@ -262,7 +290,8 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
                               mask ? mask + (t - t0) * HD : NULL, v, presynaptic(c, v, h, ubuf), h,
                               c->normalise ? R + tb * H : noR, S + tb * H,
                               c->post ? R2 + tb * H : NULL, grad_out + tb * H, gF + b * HD,
-                              gh + b * H, gx + tb * NI, gW, gb, glam, ghebb, gP, gu, gv, g_hebb);
+                              gh + b * H, gx + tb * NI, gW, gb, glam, ghebb, gP, gu, gv, g_hebb,
+                              pre_dot);
             }
         }
     }
@@ -273,4 +302,5 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     free(gv);
     free(ubuf);
     free(g_hebb);
+    free(pre_dot);
 }
