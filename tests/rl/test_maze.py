@@ -138,3 +138,13 @@ def test_bad_actions_are_rejected() -> None:
     env.reset()
     with pytest.raises(ValueError, match="actions"):
         env.step(np.array([0, 4]))
+
+
+def test_rgb_render_shows_walls_agent_and_reward() -> None:
+    env = gym.make(MAZE_ID, size=7, render_mode="rgb_array")
+    env.reset(seed=0)
+    image = env.unwrapped.render()
+    assert image.shape == (56, 56, 3)
+    np.testing.assert_array_equal(image[3 * 8 + 4, 3 * 8 + 4], (200, 0, 0))  # agent at centre
+    np.testing.assert_array_equal(image[4, 4], (128, 128, 128))  # corner wall
+    assert (image == np.array([0, 160, 0], dtype=np.uint8)).all(-1).any()  # reward cell

@@ -112,6 +112,26 @@ class WallTimedCheckpoint(CheckpointCallback):
         return True
 
 
+class WallTimeLimit(BaseCallback):
+    """Stop training once ``seconds`` of wall time have passed, so that agents can be compared
+    at an equal CPU budget rather than an equal number of steps."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+            raise ValueError(
+                f"max_wall_time: expected a positive number of seconds, got {seconds!r}"
+            )
+        self.seconds = seconds
+        self.started = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self.started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return time.perf_counter() - self.started < self.seconds
+
+
 def _read_wall_times(directory: Path) -> dict[str, float]:
     path = directory / "wall_time.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -163,10 +183,13 @@ def train(
     out: str | Path = "runs",
     callbacks: Sequence[BaseCallback] = (),
     progress_bar: bool = True,
+    max_wall_time: float | None = None,
 ) -> Path:
     """Train ``core`` on ``task``, evaluate it, and return the run directory
     ``<out>/<task>/<core>/seed<seed>``. A run that stopped part-way resumes from its last
-    checkpoint; a finished run (``metrics.json`` present) is returned as it is."""
+    checkpoint; a finished run (``metrics.json`` present) is returned as it is.
+    ``max_wall_time`` (seconds of this session) ends training early, for equal-budget
+    comparisons; ``metrics.json`` then records the timesteps reached."""
     if isinstance(config, dict):
         config = merge(config, {"policy": {"core": core}})
     else:
@@ -202,10 +225,11 @@ def train(
         max(config.get("checkpoint_freq", 100_000) // config["n_envs"], 1), checkpoints, wall_offset
     )
     remaining = config["total_timesteps"] - model.num_timesteps
+    limit = [] if max_wall_time is None else [WallTimeLimit(max_wall_time)]
     if remaining > 0:
         model.learn(
             remaining,
-            callback=[checkpoint, *callbacks],
+            callback=[checkpoint, *limit, *callbacks],
             reset_num_timesteps=resume_from is None,
             progress_bar=progress_bar,
         )
@@ -255,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/rl"))
+    parser.add_argument("--max-wall-time", type=float, default=None, help="seconds of training")
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -267,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         args.out,
         progress_bar=not args.no_progress_bar,
+        max_wall_time=args.max_wall_time,
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(

@@ -159,7 +159,7 @@ class MazeEnv(gym.Env):
     step count, so the horizon is part of the state rather than a truncation.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(
         self,
@@ -167,11 +167,14 @@ class MazeEnv(gym.Env):
         episode_length: int = 200,
         reward_value: float = 10.0,
         wall_penalty: float = 0.0,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
         self.agents = MazeAgents(1, size, episode_length, reward_value, wall_penalty)
         self.observation_space = observation_space(self.agents)
         self.action_space = spaces.Discrete(N_ACTIONS)
-        self.render_mode = None
+        self.render_mode = render_mode
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -184,3 +187,17 @@ class MazeEnv(gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         rewards, done = self.agents.step(np.asarray(action))
         return self.agents.observe()[0], float(rewards[0]), bool(done[0]), False, {}
+
+    def render(self) -> np.ndarray | None:
+        """An ``(8·size, 8·size, 3)`` image: walls grey, the reward cell green, the agent red."""
+        if self.render_mode != "rgb_array":
+            return None
+        colours = np.where(self.agents.walls[..., None], 128, 255).astype(np.uint8)
+        colours = np.repeat(colours, 3, axis=-1)
+        size = self.agents.size
+        for flat, colour in (
+            (self.agents.reward_cell[0], (0, 160, 0)),
+            (self.agents.position[0], (200, 0, 0)),
+        ):
+            colours[flat // size, flat % size] = colour
+        return np.kron(colours, np.ones((8, 8, 1), dtype=np.uint8))
