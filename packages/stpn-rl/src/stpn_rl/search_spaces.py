@@ -1,0 +1,145 @@
+"""What ``python -m stpn_rl.tune`` searches over: the one place to read or change it.
+
+A trial's configuration is the task's default configuration for the core
+(:func:`stpn_rl.config.load_config`, or the ``--config`` file) with the values below drawn into it:
+
+- ``PPO_SPACE``: RecurrentPPO's hyper-parameters, for every core. The minibatch size is searched
+  as a number of minibatches per rollout (``batch_size = n_steps * n_envs // n_minibatches``),
+  so that it fits whatever ``n_steps`` and ``n_envs`` are.
+- ``N_STEPS``: the rollout length per environment, which depends on the task: divisors of the
+  maze's 200-step episode, short rollouts for Pong (the buffer keeps every step's state, and
+  STPN's F is 64 x 2656 there), long ones for the single-environment pendulum.
+- ``HIDDEN_SIZE_FRACTION``: the core's number of units, from this fraction of the default
+  configuration's hidden size up to it. The defaults are parameter-matched (spec §3.7, e.g. 12.3k
+  on the maze), so every trial stays within the task's parameter budget.
+- ``STPN_SPACE``: for the STPN family (the cores taking these options: ``stpn``, ``stpn_scalar``,
+  ``stpnf``, ``stpnf_scalar``), the initialisation of Λ (its uniform range) and Γ (its scale),
+  and the clamp on the short-term memory F.
+
+Every function here also accepts an ``optuna.trial.FixedTrial``, which turns a finished trial's
+``params`` back into the configuration it trained with (that is how the best-parameters YAML is
+written).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import optuna
+import stpn_core
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+Trial = optuna.Trial | optuna.trial.FixedTrial
+
+PPO_SPACE: dict[str, BaseDistribution] = {
+    "learning_rate": FloatDistribution(1e-5, 3e-3, log=True),
+    "n_minibatches": CategoricalDistribution([1, 2, 4, 8]),
+    "gamma": CategoricalDistribution([0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
+    "gae_lambda": CategoricalDistribution([0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0]),
+    "ent_coef": FloatDistribution(1e-6, 0.1, log=True),
+    "clip_range": CategoricalDistribution([0.1, 0.2, 0.3, 0.4]),
+    "n_epochs": CategoricalDistribution([3, 5, 10, 20]),
+}
+
+N_STEPS: dict[str, CategoricalDistribution] = {
+    "maze": CategoricalDistribution([25, 50, 100, 200]),
+    "pong": CategoricalDistribution([16, 32, 64, 128]),
+    "inverted-pendulum": CategoricalDistribution([256, 512, 1024, 2048]),
+    "inverted-pendulum-po": CategoricalDistribution([256, 512, 1024, 2048]),
+}
+N_STEPS_OTHER_TASKS = CategoricalDistribution([16, 32, 64, 128, 256])
+
+HIDDEN_SIZE_FRACTION = 0.25
+"""The smallest hidden size searched, as a fraction of the default (budget-matched) one."""
+
+STPN_SPACE: dict[str, BaseDistribution] = {
+    # Λ ~ U(low, min(1, low + width)); the paper's (0, 1) is low 0, width 1.
+    "lambda_init_low": FloatDistribution(0.0, 0.9),
+    "lambda_init_width": FloatDistribution(0.05, 1.0),
+    # Γ ~ U(±scale/√H); the paper uses 0.001.
+    "gamma_init_scale": FloatDistribution(1e-4, 0.1, log=True),
+    # F is clamped to ±clamp after each update (None: no clamp); the paper's maze STPN uses 1.
+    "clamp": CategoricalDistribution([None, 0.1, 1.0, 10.0]),
+}
+
+
+def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
+    """Draw ``name`` from ``distribution`` through the trial's public ``suggest_*`` methods."""
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    if isinstance(distribution, FloatDistribution):
+        return trial.suggest_float(
+            name, distribution.low, distribution.high, step=distribution.step, log=distribution.log
+        )
+    raise TypeError(f"distribution: expected an optuna distribution, got {distribution!r}")
+
+
+def is_stpn_core(core: str) -> bool:
+    """Whether ``core`` takes STPN's initialisation and clamp options (the STPN family)."""
+    return {"lambda_init", "gamma_init_scale", "clamp"} <= set(stpn_core.model_options(core))
+
+
+def hidden_size_bounds(default: int) -> tuple[int, int]:
+    """The searched hidden sizes: from ``HIDDEN_SIZE_FRACTION`` of the default up to it."""
+    return max(1, round(default * HIDDEN_SIZE_FRACTION)), default
+
+
+def search_space(task: str, core: str, base: dict[str, Any]) -> dict[str, BaseDistribution]:
+    """Every searched hyper-parameter of ``core`` on ``task`` and its distribution; ``base`` is
+    the default configuration, whose hidden size bounds the searched ones."""
+    low, high = hidden_size_bounds(base["policy"]["hidden_size"])
+    space = {"n_steps": N_STEPS.get(task, N_STEPS_OTHER_TASKS), **PPO_SPACE}
+    space["hidden_size"] = IntDistribution(low, high, log=True)
+    return space | (STPN_SPACE if is_stpn_core(core) else {})
+
+
+def check_fixed(space: dict[str, BaseDistribution], fixed: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless each fixed value names a searched parameter and lies in its
+    distribution (so that ``--fix`` cannot silently be ignored or leave the range)."""
+    for name, value in fixed.items():
+        if name not in space:
+            raise ValueError(f"fix: {name!r} is not searched; searched: {', '.join(space)}")
+        distribution = space[name]
+        if isinstance(distribution, CategoricalDistribution):
+            valid = value in distribution.choices
+        else:
+            valid = (
+                isinstance(value, int | float) and not isinstance(value, bool)
+                and distribution.low <= value <= distribution.high
+            )
+        if not valid:
+            raise ValueError(f"fix: {name}={value!r} is outside its search space {distribution}")
+
+
+def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> dict[str, Any]:
+    """A deep copy of ``base`` (a :func:`~stpn_rl.config.load_config` dict) with the trial's
+    hyper-parameters in it."""
+    values = {
+        name: suggest(trial, name, distribution)
+        for name, distribution in search_space(task, core, base).items()
+    }
+    config = copy.deepcopy(base)
+    rollout = values["n_steps"] * config["n_envs"]
+    config["ppo"].update({name: values[name] for name in ("n_steps", *PPO_SPACE)})
+    config["ppo"]["batch_size"] = max(1, rollout // config["ppo"].pop("n_minibatches"))
+    policy = config["policy"]
+    policy["hidden_size"] = values["hidden_size"]
+    if is_stpn_core(core):
+        low = values["lambda_init_low"]
+        policy["core_options"] = {
+            **policy.get("core_options", {}),
+            "lambda_init": [low, min(1.0, low + values["lambda_init_width"])],
+            "gamma_init_scale": values["gamma_init_scale"],
+            "clamp": values["clamp"],
+        }
+    return config

@@ -1,0 +1,268 @@
+"""``python -m stpn_rl.tune``: real tiny sweeps on a 5x5 maze (study growth on rerun, workers
+sharing one storage, pruning), failures that do not stop a study, Ctrl-C, stale trials of a
+killed worker, the search space, and bad arguments."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy
+import stpn_core
+import yaml
+from optuna.trial import TrialState
+from stpn_rl.config import load_config
+from stpn_rl.search_spaces import HIDDEN_SIZE_FRACTION, STPN_SPACE, sample_config
+from stpn_rl.train import build_agent, count_parameters
+from stpn_rl.tune import TrialEvalCallback, main
+
+TINY = {
+    "n_envs": 2,
+    "env": {"size": 5, "episode_length": 10},
+    "policy": {"hidden_size": 6},
+    "evaluation": {"episodes": 2},
+}
+# One evaluation after 20 steps; short rollouts and few epochs: a trial takes about a second.
+TINY_RUN = [
+    "--task", "maze", "--core", "stpn", "--n-timesteps", "20", "--n-evaluations", "1",
+    "--fix", "n_steps=25", "--fix", "n_epochs=3",
+]
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def tune_args(tiny_config: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY_RUN, "--config", str(tiny_config), "--out", str(out), *extra]
+
+
+def load(out: Path, name: str = "maze-stpn") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_trials_complete_write_results_and_a_rerun_continues_the_study(tiny_config, tmp_path):
+    out = tmp_path / "sweep"
+    args = tune_args(tiny_config, out, "--n-trials", "3", "--seed", "0", "--pruner", "none")
+    assert main(args) == 0
+    table = pd.read_csv(out / "trials.csv")
+    assert list(table["state"]) == ["COMPLETE"] * 3
+    best = load(out).best_trial
+    config = load_config("maze", "stpn", out / "best.yaml")  # what `train --config` reads
+    assert config["ppo"]["learning_rate"] == best.params["learning_rate"]
+    assert config["policy"]["hidden_size"] == best.params["hidden_size"]
+    assert config["policy"]["core_options"]["gamma_init_scale"] == best.params["gamma_init_scale"]
+    assert config["env"] == load_config("maze", "stpn", tiny_config)["env"]
+
+    assert main(args) == 0
+    trials = load(out).trials
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state == TrialState.COMPLETE and math.isfinite(t.value) for t in trials)
+    assert {(t.params["n_steps"], t.params["n_epochs"]) for t in trials} == {(25, 3)}
+    # The rerun's sampler is not the first run's again: it draws new parameters.
+    assert {t.params["learning_rate"] for t in trials[3:]}.isdisjoint(
+        {t.params["learning_rate"] for t in trials[:3]}
+    )
+    assert len(pd.read_csv(out / "trials.csv")) == 6
+    # Every trial stays within the parameter budget of the default configuration.
+    base = load_config("maze", "stpn", tiny_config)
+    budget = count_parameters(build_agent(base, "maze", seed=0))
+    assert all(t.user_attrs["n_parameters"] <= budget for t in trials)
+
+
+def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    command = [sys.executable, "-m", "stpn_rl.tune", "--storage", storage, "--n-trials", "2"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    workers = [
+        subprocess.Popen(
+            command + tune_args(tiny_config, tmp_path / f"worker{i}"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], logs
+    trials = optuna.load_study(study_name="maze-stpn", storage=storage).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.params["learning_rate"] for t in trials}) == 4
+
+
+def test_a_trial_reporting_a_poor_value_is_pruned(tiny_config, tmp_path):
+    out = tmp_path / "sweep"
+    study = optuna.create_study(
+        study_name="maze-stpn", storage=f"sqlite:///{tmp_path / 'sweep.db'}", direction="maximize"
+    )
+    base = load_config("maze", "stpn", tiny_config)
+    for _ in range(3):  # three finished trials that scored far above any 5x5 maze agent
+        trial = study.ask()
+        sample_config(trial, base, "maze", "stpn")
+        trial.report(1e6, step=1)
+        study.tell(trial, 1e6)
+    args = tune_args(
+        tiny_config,
+        out,
+        "--storage",
+        f"sqlite:///{tmp_path / 'sweep.db'}",
+        "--n-trials",
+        "1",
+        "--pruner",
+        "median",
+        "--n-startup-trials",
+        "3",
+    )
+    assert main(args) == 0
+    pruned = study.trials[-1]
+    assert pruned.state == TrialState.PRUNED
+    assert list(pruned.intermediate_values) == [1] and pruned.intermediate_values[1] < 1e6
+    assert list(pd.read_csv(out / "trials.csv")["state"]) == ["COMPLETE"] * 3 + ["PRUNED"]
+
+
+def test_failing_and_diverging_trials_are_recorded_and_the_study_goes_on(tiny_config, tmp_path):
+    base = load_config("maze", "stpn", tiny_config)
+
+    def objective(trial: optuna.Trial) -> float:
+        config = sample_config(trial, base, "maze", "stpn")
+        if trial.number == 0:
+            raise RuntimeError("a bug in this trial")
+        if trial.number == 1:
+            return float("nan")
+        if trial.number == 2:  # real training whose evaluation diverges
+            model = build_agent(config, "maze", seed=0)
+            model.learn(20, callback=TrialEvalCallback(trial, 5, lambda: float("nan")))
+        return 1.0
+
+    out = tmp_path / "sweep"
+    assert main(tune_args(tiny_config, out, "--n-trials", "4"), objective) == 0
+    states = [t.state for t in load(out).trials]
+    assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+    assert (out / "best.yaml").is_file()
+
+
+def test_parallel_jobs_in_one_process_run_distinct_trials(tiny_config, tmp_path):
+    base = load_config("maze", "stpn", tiny_config)
+
+    def objective(trial: optuna.Trial) -> float:
+        return sample_config(trial, base, "maze", "stpn")["ppo"]["learning_rate"]
+
+    out = tmp_path / "sweep"
+    assert main(tune_args(tiny_config, out, "--n-trials", "4", "--n-jobs", "2"), objective) == 0
+    trials = load(out).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.value == t.params["learning_rate"] for t in trials)
+
+
+def test_ctrl_c_writes_the_results_so_far(tiny_config, tmp_path, capsys):
+    base = load_config("maze", "stpn", tiny_config)
+
+    def objective(trial: optuna.Trial) -> float:
+        sample_config(trial, base, "maze", "stpn")
+        if trial.number == 1:
+            raise KeyboardInterrupt
+        return 2.5
+
+    out = tmp_path / "sweep"
+    assert main(tune_args(tiny_config, out, "--n-trials", "5"), objective) == 130
+    printed = capsys.readouterr().out
+    assert "1 complete, 0 pruned, 1 failed" in printed and "value 2.5" in printed
+    assert list(pd.read_csv(out / "trials.csv")["state"]) == ["COMPLETE", "FAIL"]
+    assert (out / "best.yaml").is_file()
+
+
+def _hang(args: list[str]) -> None:
+    base = load_config("maze", "stpn", args[args.index("--config") + 1])
+
+    def objective(trial: optuna.Trial) -> float:
+        sample_config(trial, base, "maze", "stpn")
+        time.sleep(600)
+        return 0.0
+
+    main(args, objective)
+
+
+def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path):
+    out = tmp_path / "sweep"
+    args = tune_args(tiny_config, out, "--n-trials", "1", "--heartbeat-interval", "1")
+    worker = multiprocessing.get_context("fork").Process(target=_hang, args=(args,))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (out / "study.db").exists() or not load_running(out):
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.2)
+    worker.kill()
+    worker.join()
+    time.sleep(2.5)  # past the grace period of two heartbeats
+    base = load_config("maze", "stpn", tiny_config)
+
+    def objective(trial: optuna.Trial) -> float:
+        sample_config(trial, base, "maze", "stpn")
+        return 3.0
+
+    assert main(args, objective) == 0
+    first, retry = load(out).trials
+    assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.params == first.params
+
+
+def load_running(out: Path) -> bool:
+    try:
+        return bool(load(out).get_trials(states=(TrialState.RUNNING,)))
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the study is being created
+        return False
+
+
+def test_the_search_space_fits_the_core_and_the_rollout():
+    base = load_config("maze", "stpn")
+    for number in range(5):
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=number)).ask()
+        config = sample_config(trial, base, "maze", "stpn")
+        rollout = config["ppo"]["n_steps"] * config["n_envs"]
+        assert config["ppo"]["batch_size"] == rollout // trial.params["n_minibatches"]
+        hidden = config["policy"]["hidden_size"]
+        assert round(55 * HIDDEN_SIZE_FRACTION) <= hidden <= 55
+        options = config["policy"]["core_options"]
+        assert options["norm_timing"] == "post"  # the default config's other options are kept
+        stpn_core.STPN(17, hidden, **options)  # the drawn options are the core's own
+        assert set(options) >= {"lambda_init", "gamma_init_scale", "clamp"}
+        fixed = sample_config(optuna.trial.FixedTrial(trial.params), base, "maze", "stpn")
+        assert fixed == config
+    lstm = sample_config(optuna.create_study().ask(), load_config("maze", "lstm"), "maze", "lstm")
+    assert not set(lstm["policy"]["core_options"]) & (set(STPN_SPACE) | {"lambda_init"})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task", "chess"], "task: expected one of"),
+        (["--core", "transformer"], "core: expected one of"),
+        (["--n-trials", "0"], "n_trials: expected an integer >= 1"),
+        (["--n-evaluations", "50"], "n_evaluations: expected at most n_timesteps"),
+        (["--sampler", "grid"], "sampler: expected one of"),
+        (["--pruner", "hyperband"], "pruner: expected one of"),
+        (["--storage", "not a url"], "storage: expected a SQLAlchemy URL"),
+        (["--config", "missing.yaml"], "no configuration file"),
+        (["--fix", "momentum=0.9"], "fix: 'momentum' is not searched"),
+        (["--fix", "hidden_size=500"], "fix: hidden_size=500 is outside its search space"),
+        (["--fix", "clamp"], "fix: expected NAME=VALUE"),
+    ],
+)
+def test_bad_arguments_are_refused_clearly(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY_RUN, "--out", str(tmp_path), *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
