@@ -7,7 +7,7 @@
    heads on the LSTM: 12 648), same environment and PPO settings. Target: STPN >= 0.8x LSTM.
    Our policy with the ``lstm`` core is timed too, to show the adapter's own overhead.
 
-Usage: ``python benchmarks/rl_speed.py [--timesteps N] [--n-envs K] [--threads T]``.
+Usage: ``python benchmarks/rl_speed.py [--timesteps N] [--n-envs K] [--threads T] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ def env_steps_per_second(env, n_steps: int, seed: int = 0) -> float:
 
 
 def training_steps_per_second(model: RecurrentPPO, timesteps: int) -> float:
-    model.learn(model.n_steps * model.n_envs)  # warm-up: first rollout and update
     start = time.perf_counter()
     model.learn(timesteps, reset_num_timesteps=False)
     return timesteps / (time.perf_counter() - start)
@@ -47,6 +46,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=25_600)
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
@@ -80,25 +80,35 @@ def main() -> None:
             "enable_critic_lstm": False,
         },
     )
-    rates = {}
-    for name, model in (
-        ("STPN policy (stpn H55)", stpn),
-        ("our policy, lstm core (H47)", lstm_core),
-        ("sb3-contrib MlpLstmPolicy (H47)", reference),
-    ):
-        rates[name] = training_steps_per_second(model, args.timesteps)
+    models = {
+        "STPN policy (stpn H55)": stpn,
+        "our policy, lstm core (H47)": lstm_core,
+        "sb3-contrib MlpLstmPolicy (H47)": reference,
+    }
+    for model in models.values():  # warm-up: first rollout and update of each
+        model.learn(model.n_steps * model.n_envs)
+    # The machine is shared and noisy: interleave the models and keep each one's median.
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            rates[name].append(training_steps_per_second(model, args.timesteps))
+    median = {name: float(np.median(values)) for name, values in rates.items()}
+    for name, model in models.items():
         print(
             f"RecurrentPPO training, {name}: {count_parameters(model)} parameters, "
-            f"{rates[name]:,.0f} env-steps/s"
+            f"median {median[name]:,.0f} env-steps/s over {args.rounds} rounds "
+            f"({', '.join(f'{r:,.0f}' for r in rates[name])})"
         )
-    lstm_rate = rates["sb3-contrib MlpLstmPolicy (H47)"]
+    reference_name = "sb3-contrib MlpLstmPolicy (H47)"
+    stpn_name = "STPN policy (stpn H55)"
+    per_round = np.array(rates[stpn_name]) / np.array(rates[reference_name])
     print(
-        f"ratio STPN / MlpLstmPolicy: {rates['STPN policy (stpn H55)'] / lstm_rate:.2f} "
-        "(target >= 0.8)"
+        f"ratio STPN / MlpLstmPolicy: {median[stpn_name] / median[reference_name]:.2f}"
+        f" (target >= 0.8; per round {', '.join(f'{r:.2f}' for r in per_round)})"
     )
     print(
-        f"ratio our lstm core / MlpLstmPolicy: "
-        f"{rates['our policy, lstm core (H47)'] / lstm_rate:.2f}"
+        "ratio our lstm core / MlpLstmPolicy: "
+        f"{median['our policy, lstm core (H47)'] / median[reference_name]:.2f}"
     )
 
 
