@@ -1,0 +1,234 @@
+"""Reproduce the associative retrieval comparison: ``python -m stpn_supervised.reproduce_ar``.
+
+For every (model, seed) it trains the packaged config, tests the best-validation checkpoint and
+the final model, and writes ``<out>/<model>/seed<k>/`` as docs/run-format.md describes. A run
+with a valid ``metrics.json`` is skipped and an interrupted one continues from its
+``checkpoints/last.ckpt``, so a killed reproduction resumes where it stopped. At the end
+``stpn_analysis`` writes ``summary.csv``, ``summary.md`` and ``figures/`` into ``<out>``.
+
+Profiles: ``quick`` (what ``make reproduce-ar`` runs; the five main models, one seed, sized to
+finish in about 15 minutes on a 2-core CPU) and ``paper`` (spec §5.3: 200 epochs on 100k
+sequences, all nine configs, three seeds; hours, see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.loggers import CSVLogger
+from stpn_analysis import format_table, load_runs, summarise, write_report
+
+from stpn_supervised.cli import CONFIG_MODELS, config_path
+from stpn_supervised.data import AssociativeRetrievalDataModule
+from stpn_supervised.module import SequenceClassifier
+
+MAIN_MODELS = CONFIG_MODELS[:5]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and on how much data each run trains."""
+
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    max_epochs: int
+    train_size: int
+
+
+PROFILES = {
+    # Measured on the 2-core CPU with one thread (README): the STPN leaves chance in its first
+    # epoch of 100k sequences, the LSTM after about two; 6 epochs take about 9 minutes in all.
+    "quick": Profile(MAIN_MODELS, (0,), max_epochs=6, train_size=100_000),
+    "paper": Profile(CONFIG_MODELS, (0, 1, 2), max_epochs=200, train_size=100_000),
+}
+
+METRIC_KEYS = (
+    "task", "model", "seed", "params", "proficiency", "proficiency_name", "energy_per_step",
+    "energy_per_sequence", "energy_profile", "wall_time_s", "versions", "test_acc",
+    "test_energy", "best_val_acc", "best_test_acc", "final_test_acc", "epochs",
+)
+"""Keys every ``metrics.json`` holds (docs/run-format.md), plus a few extras."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished when its ``metrics.json`` parses and holds every documented key."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "lightning", "torchmetrics", "numpy", "stpn-core", "stpn-supervised")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def _read_log(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _restore_log(path: Path, earlier: list[dict[str, str]], resumed_epoch: int) -> None:
+    """CSVLogger starts a new file on resume; put back the rows up to the resumed checkpoint's
+    epoch (``resumed_epoch``, the last epoch it completed)."""
+    kept = [row for row in earlier if row.get("epoch") and int(row["epoch"]) <= resumed_epoch]
+    if not kept:
+        return
+    rows = kept + _read_log(path)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def run_config(model: str, seed: int, profile: Profile, profile_name: str) -> dict[str, Any]:
+    """The resolved configuration of one run, in the CLI's YAML layout (so it can be re-run
+    with ``python -m stpn_supervised fit --config config.yaml``)."""
+    config = yaml.safe_load(config_path(model).read_text())
+    config["seed_everything"] = seed
+    config["data"].update(seed=seed, train_size=profile.train_size)
+    config["trainer"] = {"max_epochs": profile.max_epochs}
+    config["profile"] = profile_name
+    return config
+
+
+def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Train, test, and write ``metrics.json``; returns the metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = AssociativeRetrievalDataModule(**config["data"])
+    module = SequenceClassifier(**config["model"])
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/acc",
+        mode="max", save_last=True, auto_insert_metric_name=False,
+    )
+    timer = Timer()
+    trainer = L.Trainer(
+        max_epochs=config["trainer"]["max_epochs"], devices=1, default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="logs", version=""), callbacks=[checkpoint, timer],
+        log_every_n_steps=50,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    log_path = run_dir / "logs" / "metrics.csv"
+    earlier = _read_log(log_path) if last.is_file() else []
+    resumed_epoch = torch.load(last, weights_only=False)["epoch"] if last.is_file() else -1
+    trainer.fit(module, data, ckpt_path=last if last.is_file() else None)
+    epochs, wall_time = trainer.current_epoch, timer.time_elapsed("train")
+    final = trainer.test(module, data, verbose=False)[0]
+    best = trainer.test(module, data, ckpt_path=checkpoint.best_model_path or None,
+                        verbose=False)[0]
+    _restore_log(log_path, earlier, resumed_epoch)
+    metrics = {
+        "task": "ar", "model": model, "seed": seed, "params": module.num_parameters,
+        "proficiency": best["test/acc"], "proficiency_name": "test_acc",
+        "energy_per_step": best["test/energy"],
+        "energy_per_sequence": best["test/energy_per_sequence"],
+        "energy_profile": module.energy_profile,
+        "wall_time_s": wall_time, "versions": _versions(),
+        "test_acc": best["test/acc"], "test_energy": best["test/energy"],
+        "best_val_acc": float(checkpoint.best_model_score or float("nan")),
+        "best_test_acc": best["test/acc"], "final_test_acc": final["test/acc"],
+        "final_test_energy": final["test/energy"], "epochs": epochs,
+        "best_checkpoint": Path(checkpoint.best_model_path).name,
+        "hidden_size": config["model"]["hidden_size"], "profile": config["profile"],
+        "train_size": config["data"]["train_size"],
+    }
+    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
+
+
+def reproduce(
+    profile_name: str = "quick",
+    models: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    out: str | os.PathLike[str] = "runs/ar",
+    data_dir: str | os.PathLike[str] = "data/ar",
+    threads: int = 1,
+) -> dict[str, Path]:
+    """Run every (model, seed) not yet finished, then write the report; returns its paths."""
+    if profile_name not in PROFILES:
+        raise ValueError(f"profile: expected one of {', '.join(PROFILES)}; got {profile_name!r}")
+    profile = PROFILES[profile_name]
+    models = tuple(models or profile.models)
+    seeds = tuple(profile.seeds if seeds is None else seeds)
+    for model in models:
+        if model not in CONFIG_MODELS:
+            raise ValueError(f"models: expected names from {', '.join(CONFIG_MODELS)}; "
+                             f"got {model!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or not seeds:
+        raise ValueError(f"seeds: expected non-negative ints; got {seeds!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected a positive int; got {threads!r}")
+    torch.set_num_threads(threads)
+    root = Path(out)
+    jobs = [(model, seed) for model in models for seed in seeds]
+    started = time.monotonic()
+    for index, (model, seed) in enumerate(jobs, start=1):
+        run_dir = root / model / f"seed{seed}"
+        if is_finished(run_dir):
+            print(f"[{index}/{len(jobs)}] {model} seed {seed}: finished, skipped ({run_dir})")
+            continue
+        print(f"[{index}/{len(jobs)}] {model} seed {seed} -> {run_dir}", flush=True)
+        config = run_config(model, seed, profile, profile_name)
+        config["data"]["data_dir"] = str(data_dir)
+        metrics = train_one(model, seed, run_dir, config)
+        print(f"[{index}/{len(jobs)}] {model} seed {seed}: test accuracy "
+              f"{metrics['test_acc']:.4f}, energy/step {metrics['energy_per_step']:.4g}, "
+              f"{metrics['wall_time_s']:.0f} s", flush=True)
+    paths = write_report(root, root)
+    print(format_table(summarise(load_runs(root))))
+    print(f"total {time.monotonic() - started:.0f} s; table: {paths['summary_md']}; "
+          f"figures: {root / 'figures'}")
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stpn_supervised.reproduce_ar",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--models", nargs="+", choices=CONFIG_MODELS, default=None,
+                        help="default: the profile's models")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="default: the profile's seeds")
+    parser.add_argument("--out", default="runs/ar", help="runs root (default: runs/ar)")
+    parser.add_argument("--data-dir", default="data/ar", help="data cache (default: data/ar)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: steadiest for these small models)")
+    args = parser.parse_args(argv)
+    reproduce(args.profile, args.models, args.seeds, args.out, args.data_dir, args.threads)
+
+
+if __name__ == "__main__":
+    main()
