@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 SIZES = {  # name: (batch, steps, input, STPN hidden, LSTM hidden at about the same parameters)
@@ -84,6 +86,16 @@ def run_child(size: str, model: str, reps: int, warmup: int, threads: int | None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def cold_start() -> float:
+    """Wall time of a first training step in a fresh process with an empty build cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "STPN_CACHE_DIR": cache}
+        command = [sys.executable, __file__, "--child", "art", "fast", "--reps", "1"]
+        command += ["--warmup", "0"]
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(result.stdout.strip().splitlines()[-1])["first_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
@@ -117,6 +129,8 @@ def main() -> None:
             )
     threads = next(iter(results.values()))["threads"]
     print(f"threads {threads}")
+    print(f"fast first call, empty build cache (C build + one ART step) s={cold_start():.2f}")
+    print("no recompilation: one C build per dtype, reused for every batch size and length")
     if any(r["reps"] < args.reps for r in results.values()):
         print(f"note: the reference at maze_b512 was timed over {SLOW_REFERENCE_REPS} reps only")
     for size in args.sizes:

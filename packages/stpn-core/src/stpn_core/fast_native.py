@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
 CHECKPOINT_EVERY = 16
 """Steps between stored memories: the backward recomputes 16 steps of one sample at a time, a
 workspace small enough to stay in cache, and the forward stores 1/16 of the memory history."""
-MIN_SAMPLES_PER_THREAD = 4
-"""Below this many samples per thread, the thread hand-off costs more than it saves."""
+MIN_WORK_PER_THREAD = 1 << 22
+"""Synapse-steps (``B·H·D·T``) a thread must get before the batch is split across threads: for a
+smaller job the hand-off costs more than it saves (and a thread kept waiting on a busy machine
+stalls the step)."""
 
 
 class _Cfg(ctypes.Structure):
@@ -87,6 +90,11 @@ def _build(real: str) -> Path | None:
             text=True,
         )
         if result.returncode != 0:
+            warnings.warn(
+                f"STPN: building the C loop failed ({result.stderr.strip()[-300:]}); the fast "
+                "path runs on batched torch ops instead (same results, slower)",
+                stacklevel=4,
+            )
             return None
         os.replace(built, target)  # atomic: concurrent builders never see a partial file
     return target
@@ -141,9 +149,9 @@ class NativeSaved:
     every: int
 
 
-def _batch_ranges(batch: int) -> list[tuple[int, int]]:
+def _batch_ranges(batch: int, work: int) -> list[tuple[int, int]]:
     """Split the batch into one contiguous range per torch thread (the C loop releases the GIL)."""
-    parts = max(1, min(torch.get_num_threads(), batch // MIN_SAMPLES_PER_THREAD))
+    parts = max(1, min(torch.get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
     bounds = [round(k * batch / parts) for k in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
@@ -193,7 +201,7 @@ def forward(
             _ptr(checkpoints), _ptr(F_final),
         )
 
-    _parallel(_batch_ranges(B), call)
+    _parallel(_batch_ranges(B, B * H * D * T), call)
     return NativeSaved(checkpoints, V, out, R, S, R2, F_final, every)
 
 
@@ -207,7 +215,7 @@ def backward(
     gF = grad_F.contiguous().clone()
     gh = torch.zeros(B, H, **opts)
     gx = torch.empty(T, B, input_size, **opts)
-    ranges = _batch_ranges(B)
+    ranges = _batch_ranges(B, B * H * D * T)
     # One set of accumulators per thread: (W, b, Λ, Γe), summed afterwards.
     acc = torch.zeros(len(ranges), 3 * H * D + H, **opts)
     W, (lam_hd, gam_hd) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
