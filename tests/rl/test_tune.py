@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,20 +17,26 @@ import stpn_core
 import yaml
 from optuna.trial import TrialState
 from stpn_rl.config import load_config
-from stpn_rl.search_spaces import HIDDEN_SIZE_FRACTION, STPN_SPACE, sample_config
+from stpn_rl.search_spaces import (
+    HIDDEN_SIZE_FRACTION,
+    STPN_SPACE,
+    default_params,
+    sample_config,
+)
 from stpn_rl.train import build_agent, count_parameters
 from stpn_rl.tune import TrialEvalCallback, main
 
 TINY = {
     "n_envs": 2,
     "env": {"size": 5, "episode_length": 10},
+    "ppo": {"batch_size": 100},
     "policy": {"hidden_size": 6},
     "evaluation": {"episodes": 2},
 }
 # One evaluation after 20 steps; short rollouts and few epochs: a trial takes about a second.
 TINY_RUN = [
     "--task", "maze", "--core", "stpn", "--n-timesteps", "20", "--n-evaluations", "1",
-    "--fix", "n_steps=25", "--fix", "n_epochs=3",
+    "--fix", "n_steps=25", "--fix", "n_epochs=3", "--fix", "n_minibatches=2",
 ]
 
 
@@ -67,6 +70,10 @@ def test_trials_complete_write_results_and_a_rerun_continues_the_study(tiny_conf
 
     assert main(args) == 0
     trials = load(out).trials
+    # A new study's first trial is the default configuration (with the --fix values).
+    default = default_params("maze", "stpn", load_config("maze", "stpn", tiny_config))
+    assert trials[0].params == default | {"n_steps": 25, "n_epochs": 3, "n_minibatches": 2}
+    assert trials[0].user_attrs["default"] and not trials[1].user_attrs.get("default")
     assert [t.number for t in trials] == list(range(6))
     assert all(t.state == TrialState.COMPLETE and math.isfinite(t.value) for t in trials)
     assert {(t.params["n_steps"], t.params["n_epochs"]) for t in trials} == {(25, 3)}
@@ -81,26 +88,30 @@ def test_trials_complete_write_results_and_a_rerun_continues_the_study(tiny_conf
     assert all(t.user_attrs["n_parameters"] <= budget for t in trials)
 
 
+def _cli(args: list[str]) -> None:
+    raise SystemExit(main(args))  # the process exits with the CLI's status
+
+
 def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
+    # Forked, so that the workers skip re-importing torch; each runs the CLI's main().
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    command = [sys.executable, "-m", "stpn_rl.tune", "--storage", storage, "--n-trials", "2"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
     workers = [
-        subprocess.Popen(
-            command + tune_args(tiny_config, tmp_path / f"worker{i}"),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        multiprocessing.get_context("fork").Process(
+            target=_cli, args=(["--storage", storage, "--n-trials", "2",
+                                *tune_args(tiny_config, tmp_path / f"worker{i}")],),
         )
         for i in range(2)
     ]
-    logs = [worker.communicate(timeout=300)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], logs
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0]
     trials = optuna.load_study(study_name="maze-stpn", storage=storage).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.params["learning_rate"] for t in trials}) == 4
+    assert all((tmp_path / f"worker{i}" / "best.yaml").is_file() for i in range(2))
 
 
 def test_a_trial_reporting_a_poor_value_is_pruned(tiny_config, tmp_path):
@@ -206,7 +217,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path):
         time.sleep(0.2)
     worker.kill()
     worker.join()
-    time.sleep(2.5)  # past the grace period of two heartbeats
+    time.sleep(4)  # past the grace period of two heartbeats (timestamps are in whole seconds)
     base = load_config("maze", "stpn", tiny_config)
 
     def objective(trial: optuna.Trial) -> float:
@@ -232,7 +243,7 @@ def test_the_search_space_fits_the_core_and_the_rollout():
         trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=number)).ask()
         config = sample_config(trial, base, "maze", "stpn")
         rollout = config["ppo"]["n_steps"] * config["n_envs"]
-        assert config["ppo"]["batch_size"] == rollout // trial.params["n_minibatches"]
+        assert config["ppo"]["batch_size"] == max(2, rollout // trial.params["n_minibatches"])
         hidden = config["policy"]["hidden_size"]
         assert round(55 * HIDDEN_SIZE_FRACTION) <= hidden <= 55
         options = config["policy"]["core_options"]
@@ -241,6 +252,13 @@ def test_the_search_space_fits_the_core_and_the_rollout():
         assert set(options) >= {"lambda_init", "gamma_init_scale", "clamp"}
         fixed = sample_config(optuna.trial.FixedTrial(trial.params), base, "maze", "stpn")
         assert fixed == config
+    # The default configuration is a point of the search space, drawn back unchanged.
+    again = sample_config(optuna.trial.FixedTrial(default_params("maze", "stpn", base)), base,
+                          "maze", "stpn")
+    assert again["ppo"] == base["ppo"] and again["policy"]["hidden_size"] == 55
+    built, expected = (stpn_core.build_model("stpn", 17, 55, **c["policy"]["core_options"])
+                       for c in (again, base))
+    assert built.extra_repr() == expected.extra_repr()
     lstm = sample_config(optuna.create_study().ask(), load_config("maze", "lstm"), "maze", "lstm")
     assert not set(lstm["policy"]["core_options"]) & (set(STPN_SPACE) | {"lambda_init"})
 

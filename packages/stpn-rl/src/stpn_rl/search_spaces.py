@@ -4,8 +4,8 @@ A trial's configuration is the task's default configuration for the core
 (:func:`stpn_rl.config.load_config`, or the ``--config`` file) with the values below drawn into it:
 
 - ``PPO_SPACE``: RecurrentPPO's hyper-parameters, for every core. The minibatch size is searched
-  as a number of minibatches per rollout (``batch_size = n_steps * n_envs // n_minibatches``),
-  so that it fits whatever ``n_steps`` and ``n_envs`` are.
+  as a number of minibatches per rollout (``batch_size = n_steps * n_envs // n_minibatches``,
+  at least 2), so that it fits whatever ``n_steps`` and ``n_envs`` are.
 - ``N_STEPS``: the rollout length per environment, which depends on the task: divisors of the
   maze's 200-step episode, short rollouts for Pong (the buffer keeps every step's state, and
   STPN's F is 64 x 2656 there), long ones for the single-environment pendulum.
@@ -39,12 +39,12 @@ Trial = optuna.Trial | optuna.trial.FixedTrial
 
 PPO_SPACE: dict[str, BaseDistribution] = {
     "learning_rate": FloatDistribution(1e-5, 3e-3, log=True),
-    "n_minibatches": CategoricalDistribution([1, 2, 4, 8]),
+    "n_minibatches": CategoricalDistribution([1, 2, 4, 8, 16, 32]),
     "gamma": CategoricalDistribution([0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
     "gae_lambda": CategoricalDistribution([0.8, 0.9, 0.92, 0.95, 0.98, 0.99, 1.0]),
     "ent_coef": FloatDistribution(1e-6, 0.1, log=True),
     "clip_range": CategoricalDistribution([0.1, 0.2, 0.3, 0.4]),
-    "n_epochs": CategoricalDistribution([3, 5, 10, 20]),
+    "n_epochs": CategoricalDistribution([3, 4, 5, 10, 20]),
 }
 
 N_STEPS: dict[str, CategoricalDistribution] = {
@@ -114,11 +114,35 @@ def check_fixed(space: dict[str, BaseDistribution], fixed: dict[str, Any]) -> No
             valid = value in distribution.choices
         else:
             valid = (
-                isinstance(value, int | float) and not isinstance(value, bool)
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
                 and distribution.low <= value <= distribution.high
             )
         if not valid:
             raise ValueError(f"fix: {name}={value!r} is outside its search space {distribution}")
+
+
+def default_params(task: str, core: str, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameters that reproduce ``base`` itself, so that a new study's first trial is the
+    default configuration to beat; ``None`` if ``base`` lies outside the search space."""
+    ppo, policy = base["ppo"], base["policy"]
+    names = [name for name in ("n_steps", *PPO_SPACE) if name != "n_minibatches"]
+    if any(name not in ppo for name in (*names, "batch_size")):
+        return None
+    params = {name: ppo[name] for name in names}
+    params["n_minibatches"] = ppo["n_steps"] * base["n_envs"] // ppo["batch_size"]
+    params["hidden_size"] = policy["hidden_size"]
+    if is_stpn_core(core):
+        # The core's own values, whether the configuration sets them or leaves its defaults.
+        core_model = stpn_core.build_model(core, 1, 1, **policy.get("core_options", {}))
+        low, high = core_model.lambda_init
+        params |= {"lambda_init_low": low, "lambda_init_width": high - low}
+        params |= {"gamma_init_scale": core_model.gamma_init_scale, "clamp": core_model.clamp}
+    try:
+        check_fixed(search_space(task, core, base), params)
+    except ValueError:
+        return None
+    return params
 
 
 def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> dict[str, Any]:
@@ -131,7 +155,8 @@ def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> d
     config = copy.deepcopy(base)
     rollout = values["n_steps"] * config["n_envs"]
     config["ppo"].update({name: values[name] for name in ("n_steps", *PPO_SPACE)})
-    config["ppo"]["batch_size"] = max(1, rollout // config["ppo"].pop("n_minibatches"))
+    # PPO normalises advantages over a minibatch: one sample has no spread (NaN).
+    config["ppo"]["batch_size"] = max(2, rollout // config["ppo"].pop("n_minibatches"))
     policy = config["policy"]
     policy["hidden_size"] = values["hidden_size"]
     if is_stpn_core(core):

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from stable_baselines3.common.callbacks import BaseCallback
 
 from stpn_rl.config import load_config
-from stpn_rl.search_spaces import check_fixed, sample_config, search_space
+from stpn_rl.search_spaces import check_fixed, default_params, sample_config, search_space
 from stpn_rl.tasks import TASKS, make_vec_env
 from stpn_rl.train import build_agent, count_parameters
 
@@ -152,8 +152,11 @@ def make_pruner(options: TuneOptions) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(options: TuneOptions) -> optuna.Study:
+def open_study(options: TuneOptions, base: dict[str, Any]) -> optuna.Study:
     """Create the study, or load it if it exists (a rerun, or another worker's study).
+
+    The worker that creates the study queues the default configuration (``base``, with any
+    ``--fix``) as its first trial, the baseline every tuned trial is compared with.
 
     Heartbeats let a killed worker's trial be failed, then retried once, rather than stay
     "running" for ever. SQLite waits for a lock rather than failing when workers write at once,
@@ -182,13 +185,20 @@ def open_study(options: TuneOptions) -> optuna.Study:
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.1 * 2**attempt)  # another worker is creating the same tables
-    study = optuna.create_study(
-        storage=storage,
-        study_name=options.name,
-        direction="maximize",
-        pruner=make_pruner(options),
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=options.name,
+            direction="maximize",
+            pruner=make_pruner(options),
+        )
+        default = default_params(options.task, options.core, base)
+        if default is not None:
+            study.enqueue_trial(default | (options.fix or {}), user_attrs={"default": True})
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=options.name, storage=storage, pruner=make_pruner(options)
+        )
     study.sampler = make_sampler(options, n_existing=len(study.get_trials(deepcopy=False)))
     return study
 
@@ -304,6 +314,13 @@ def summary(study: optuna.Study, written: dict[str, Path]) -> str:
         f"study {study.study_name}: {sum(counts.values())} trials: {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['RUNNING']} running"
     ]
+    trials = study.get_trials(deepcopy=False)
+    default = [t for t in trials if t.user_attrs.get("default")]
+    if default:
+        lines.append(
+            f"default config: trial #{default[0].number}, {default[0].state.name}"
+            + (f", value {default[0].value:.6g}" if default[0].value is not None else "")
+        )
     if counts["COMPLETE"]:
         best = study.best_trial
         lines.append(f"best trial #{best.number}: value {best.value:.6g}")
@@ -327,7 +344,7 @@ def run(options: TuneOptions, objective: Objective | None = None) -> tuple[optun
     interrupted it (the results are written all the same).
     """
     base = load_base(options)
-    study = open_study(options)
+    study = open_study(options, base)
     interrupted = False
     try:
         study.optimize(
@@ -381,8 +398,12 @@ def parser() -> argparse.ArgumentParser:
         default=defaults["heartbeat_interval"],
         help="seconds; a trial silent for twice as long is failed and retried once",
     )
-    add("--fix", action="append", metavar="NAME=VALUE",
-        help="do not search NAME, use VALUE (repeatable); see stpn_rl.search_spaces")
+    add(
+        "--fix",
+        action="append",
+        metavar="NAME=VALUE",
+        help="do not search NAME, use VALUE (repeatable); see stpn_rl.search_spaces",
+    )
     add("--config", type=Path, help="base config YAML (default: the task's and core's)")
     add("--out", type=Path, help="output directory (default: runs/tune/TASK/CORE)")
     return p
