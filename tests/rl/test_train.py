@@ -124,6 +124,11 @@ def test_bad_configuration_files_are_reported(change, match, tmp_path) -> None:
         load_config("maze", "stpn", path)
 
 
+def test_a_config_for_another_core_is_refused(tiny, tmp_path) -> None:
+    with pytest.raises(ValueError, match="core"):
+        train.train("maze", "stpn", tiny("maze", "lstm"), out=tmp_path, progress_bar=False)
+
+
 def test_unknown_core_and_task_names_are_reported() -> None:
     with pytest.raises(ValueError, match="core: expected one of"):
         load_config("maze", "gru")

@@ -19,6 +19,7 @@ from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
 
 from stpn_rl.policies import CorePolicy
+from stpn_rl.runs import load_run, write_json
 from stpn_rl.tasks import make_vec_env
 
 # One step of an agent: observations and episode starts -> actions, and the per-env energy of
@@ -149,8 +150,6 @@ def evaluate_random(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from stpn_rl.train import load_run
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--episodes", type=int, default=None)
@@ -168,8 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         config["env"],
     )
     out = args.run_dir / "eval.json"
-    from stpn_rl.train import write_json
-
     write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     print(f"wrote {out}")

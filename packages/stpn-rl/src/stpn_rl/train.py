@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import tempfile
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -30,10 +28,13 @@ from stable_baselines3.common.vec_env import VecEnv
 from stpn_rl.config import load_config, merge, validate_config
 from stpn_rl.evaluate import evaluate_agent
 from stpn_rl.policies import CorePolicy
+from stpn_rl.runs import (
+    CHECKPOINT_PREFIX,
+    latest_checkpoint,
+    write_atomic,
+    write_json,
+)
 from stpn_rl.tasks import get_task, make_vec_env
-
-CHECKPOINT_PREFIX = "rl_model"
-_CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
 
 
 def build_agent(
@@ -61,30 +62,8 @@ def build_agent(
     )
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    _write_atomic(path, json.dumps(data, indent=2))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
-
-
 def count_parameters(model: RecurrentPPO) -> int:
     return sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the most timesteps in ``directory``, if any."""
-    found = [
-        (int(m.group(1)), p)
-        for p in directory.glob("*.zip")
-        if (m := _CHECKPOINT.fullmatch(p.name))
-    ]
-    return max(found)[1] if found else None
 
 
 class WallTimedCheckpoint(CheckpointCallback):
@@ -148,7 +127,7 @@ def _merge_progress(logs: Path) -> None:
     for frame in frames[1:]:
         first = frame["time/total_timesteps"].min()
         merged = pd.concat([merged[merged["time/total_timesteps"] < first], frame])
-    _write_atomic(logs / "progress.csv", merged.to_csv(index=False))
+    write_atomic(logs / "progress.csv", merged.to_csv(index=False))
     for p in parts:
         p.unlink()
 
@@ -156,21 +135,6 @@ def _merge_progress(logs: Path) -> None:
 def versions() -> dict[str, str]:
     names = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "stpn-core", "stpn-rl")
     return {name: version(name) for name in names}
-
-
-def load_run(run_dir: str | Path) -> tuple[RecurrentPPO, dict[str, Any]]:
-    """The final (or latest) model of a run directory and its resolved configuration."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise ValueError(f"run_dir: {run_dir} has no config.yaml")
-    config = yaml.safe_load(config_path.read_text())
-    checkpoint = run_dir / "checkpoints" / "final.zip"
-    if not checkpoint.is_file():
-        checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise ValueError(f"run_dir: {run_dir} has no checkpoint")
-    return RecurrentPPO.load(checkpoint, device="cpu"), config
 
 
 def train(
@@ -191,6 +155,9 @@ def train(
     ``max_wall_time`` (seconds of this session) ends training early, for equal-budget
     comparisons; ``metrics.json`` then records the timesteps reached."""
     if isinstance(config, dict):
+        chosen = config.get("policy", {}).get("core", core)
+        if chosen != core:
+            raise ValueError(f"core: the config is for core {chosen!r}, but core={core!r}")
         config = merge(config, {"policy": {"core": core}})
     else:
         config = load_config(task, core, config)
@@ -207,7 +174,7 @@ def train(
         recorded = yaml.safe_load(previous.read_text())
         if {**recorded, "total_timesteps": 0} != {**config, "total_timesteps": 0}:
             raise ValueError(f"out: {run_dir} holds a run with another configuration")
-    _write_atomic(previous, yaml.safe_dump(config, sort_keys=False))
+    write_atomic(previous, yaml.safe_dump(config, sort_keys=False))
 
     set_random_seed(seed)
     env = make_vec_env(task, config["n_envs"], seed, **config["env"])
