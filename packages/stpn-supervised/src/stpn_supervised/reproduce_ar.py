@@ -46,6 +46,8 @@ class Profile:
     seeds: tuple[int, ...]
     max_epochs: int
     train_size: int
+    val_size: int = 10_000
+    test_size: int = 20_000
 
 
 PROFILES = {
@@ -117,7 +119,8 @@ def run_config(model: str, seed: int, profile: Profile, profile_name: str) -> di
     with ``python -m stpn_supervised fit --config config.yaml``)."""
     config = yaml.safe_load(config_path(model).read_text())
     config["seed_everything"] = seed
-    config["data"].update(seed=seed, train_size=profile.train_size)
+    config["data"].update(seed=seed, train_size=profile.train_size, val_size=profile.val_size,
+                          test_size=profile.test_size)
     config["trainer"] = {"max_epochs": profile.max_epochs}
     config["profile"] = profile_name
     return config
