@@ -35,8 +35,20 @@ TINY = {
 }
 # One evaluation after 20 steps; short rollouts and few epochs: a trial takes about a second.
 TINY_RUN = [
-    "--task", "maze", "--core", "stpn", "--n-timesteps", "20", "--n-evaluations", "1",
-    "--fix", "n_steps=25", "--fix", "n_epochs=3", "--fix", "n_minibatches=2",
+    "--task",
+    "maze",
+    "--core",
+    "stpn",
+    "--n-timesteps",
+    "20",
+    "--n-evaluations",
+    "1",
+    "--fix",
+    "n_steps=25",
+    "--fix",
+    "n_epochs=3",
+    "--fix",
+    "n_minibatches=2",
 ]
 
 
@@ -97,8 +109,16 @@ def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     workers = [
         multiprocessing.get_context("fork").Process(
-            target=_cli, args=(["--storage", storage, "--n-trials", "2",
-                                *tune_args(tiny_config, tmp_path / f"worker{i}")],),
+            target=_cli,
+            args=(
+                [
+                    "--storage",
+                    storage,
+                    "--n-trials",
+                    "2",
+                    *tune_args(tiny_config, tmp_path / f"worker{i}"),
+                ],
+            ),
         )
         for i in range(2)
     ]
@@ -253,11 +273,13 @@ def test_the_search_space_fits_the_core_and_the_rollout():
         fixed = sample_config(optuna.trial.FixedTrial(trial.params), base, "maze", "stpn")
         assert fixed == config
     # The default configuration is a point of the search space, drawn back unchanged.
-    again = sample_config(optuna.trial.FixedTrial(default_params("maze", "stpn", base)), base,
-                          "maze", "stpn")
+    again = sample_config(
+        optuna.trial.FixedTrial(default_params("maze", "stpn", base)), base, "maze", "stpn"
+    )
     assert again["ppo"] == base["ppo"] and again["policy"]["hidden_size"] == 55
-    built, expected = (stpn_core.build_model("stpn", 17, 55, **c["policy"]["core_options"])
-                       for c in (again, base))
+    built, expected = (
+        stpn_core.build_model("stpn", 17, 55, **c["policy"]["core_options"]) for c in (again, base)
+    )
     assert built.extra_repr() == expected.extra_repr()
     lstm = sample_config(optuna.create_study().ask(), load_config("maze", "lstm"), "maze", "lstm")
     assert not set(lstm["policy"]["core_options"]) & (set(STPN_SPACE) | {"lambda_init"})

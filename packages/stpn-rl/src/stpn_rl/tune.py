@@ -152,6 +152,25 @@ def make_pruner(options: TuneOptions) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def serialize_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    """Make each SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    SQLite has no row locks, so two workers (or ``--n-jobs`` threads) could both read a queued
+    trial as waiting and both run it; serialising the transactions makes claiming it atomic.
+    This is SQLAlchemy's recipe for pysqlite; connections made before it are dropped.
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
+
+
 def open_study(options: TuneOptions, base: dict[str, Any]) -> optuna.Study:
     """Create the study, or load it if it exists (a rerun, or another worker's study).
 
@@ -185,6 +204,8 @@ def open_study(options: TuneOptions, base: dict[str, Any]) -> optuna.Study:
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.1 * 2**attempt)  # another worker is creating the same tables
+    if options.storage_url.startswith("sqlite"):
+        serialize_sqlite(storage.engine)
     try:
         study = optuna.create_study(
             storage=storage,
