@@ -387,7 +387,11 @@ def run(options: TuneOptions, objective: Objective | None = None) -> tuple[optun
 def parser() -> argparse.ArgumentParser:
     """The CLI: one flag per :class:`TuneOptions` field."""
     defaults = {f.name: f.default for f in fields(TuneOptions)}
-    p = argparse.ArgumentParser(prog="python -m stpn_rl.tune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stpn_rl.tune",
+        description="Optuna sweep of a task's RecurrentPPO agent; resumable, multi-worker.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add = p.add_argument
     add("--task", required=True, help=f"one of {sorted(TASKS)}")
     add("--core", required=True, help="a stpn_core model name (stpn, lstm, ...)")
