@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from stpn_supervised import reproduce_ar
+from stpn_supervised.cli import main
 from stpn_supervised.reproduce_ar import METRIC_KEYS, PROFILES, Profile, reproduce
 
 TINY = {"train_size": 256, "val_size": 128, "test_size": 160}
@@ -46,6 +47,11 @@ def test_run_directory_metrics_resume_and_report(tiny_profiles, tmp_path, capsys
     assert (run / "checkpoints" / "last.ckpt").is_file()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["name"] == "rnn" and config["data"]["seed"] == 0
+    last = run / "checkpoints" / "last.ckpt"
+    cli = main(["validate", "--config", str(run / "config.yaml"), "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false", f"--ckpt_path={last}"])
+    assert cli.trainer.callback_metrics["val/acc"] == pytest.approx(
+        log.dropna(subset=["val/acc"])["val/acc"].iloc[-1], abs=1e-6)  # config.yaml re-runs
     assert paths["summary_md"].is_file() and paths["ar_val_acc"].is_file()
     assert "| ar | rnn | 1937 |" in capsys.readouterr().out
 

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,9 @@ class Profile:
 
 
 PROFILES = {
-    # Measured on the 2-core CPU with one thread (README): the STPN leaves chance in its first
-    # epoch of 100k sequences, the LSTM after about two; 6 epochs take about 9 minutes in all.
-    "quick": Profile(MAIN_MODELS, (0,), max_epochs=6, train_size=100_000),
+    # Measured on the shared 2-core CPU with one thread (README): the STPN leaves chance in its
+    # first epoch of 100k sequences, the LSTM after about two; 5 epochs of 80k take 8–12 min.
+    "quick": Profile(MAIN_MODELS, (0,), max_epochs=5, train_size=80_000),
     "paper": Profile(CONFIG_MODELS, (0, 1, 2), max_epochs=200, train_size=100_000),
 }
 
@@ -71,13 +71,16 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its ``metrics.json`` parses and holds every documented key."""
+def is_finished(run_dir: Path, max_epochs: int) -> bool:
+    """A run is finished when its ``metrics.json`` parses, holds every documented key and
+    records at least ``max_epochs`` epochs (a shorter run is continued from its last
+    checkpoint, so a run cut short with ``--max-epochs`` can be extended later)."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
+    return (isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
+            and metrics["epochs"] >= max_epochs)
 
 
 def _versions() -> dict[str, str]:
@@ -114,7 +117,7 @@ def _restore_log(path: Path, earlier: list[dict[str, str]], resumed_epoch: int) 
     os.replace(temporary, path)
 
 
-def run_config(model: str, seed: int, profile: Profile, profile_name: str) -> dict[str, Any]:
+def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
     """The resolved configuration of one run, in the CLI's YAML layout (so it can be re-run
     with ``python -m stpn_supervised fit --config config.yaml``)."""
     config = yaml.safe_load(config_path(model).read_text())
@@ -122,11 +125,11 @@ def run_config(model: str, seed: int, profile: Profile, profile_name: str) -> di
     config["data"].update(seed=seed, train_size=profile.train_size, val_size=profile.val_size,
                           test_size=profile.test_size)
     config["trainer"] = {"max_epochs": profile.max_epochs}
-    config["profile"] = profile_name
     return config
 
 
-def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
+              profile_name: str) -> dict[str, Any]:
     """Train, test, and write ``metrics.json``; returns the metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -165,7 +168,7 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any]) -> d
         "best_test_acc": best["test/acc"], "final_test_acc": final["test/acc"],
         "final_test_energy": final["test/energy"], "epochs": epochs,
         "best_checkpoint": Path(checkpoint.best_model_path).name,
-        "hidden_size": config["model"]["hidden_size"], "profile": config["profile"],
+        "hidden_size": config["model"]["hidden_size"], "profile": profile_name,
         "train_size": config["data"]["train_size"],
     }
     _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -179,11 +182,19 @@ def reproduce(
     out: str | os.PathLike[str] = "runs/ar",
     data_dir: str | os.PathLike[str] = "data/ar",
     threads: int = 1,
+    max_epochs: int | None = None,
 ) -> dict[str, Path]:
-    """Run every (model, seed) not yet finished, then write the report; returns its paths."""
+    """Run every (model, seed) not yet finished, then write the report; returns its paths.
+
+    ``max_epochs`` overrides the profile's epochs (e.g. part of the paper profile now, the rest
+    later: the runs continue from their last checkpoints)."""
     if profile_name not in PROFILES:
         raise ValueError(f"profile: expected one of {', '.join(PROFILES)}; got {profile_name!r}")
     profile = PROFILES[profile_name]
+    if max_epochs is not None:
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"max_epochs: expected a positive int; got {max_epochs!r}")
+        profile = replace(profile, max_epochs=max_epochs)
     models = tuple(models or profile.models)
     seeds = tuple(profile.seeds if seeds is None else seeds)
     for model in models:
@@ -200,13 +211,13 @@ def reproduce(
     started = time.monotonic()
     for index, (model, seed) in enumerate(jobs, start=1):
         run_dir = root / model / f"seed{seed}"
-        if is_finished(run_dir):
+        if is_finished(run_dir, profile.max_epochs):
             print(f"[{index}/{len(jobs)}] {model} seed {seed}: finished, skipped ({run_dir})")
             continue
         print(f"[{index}/{len(jobs)}] {model} seed {seed} -> {run_dir}", flush=True)
-        config = run_config(model, seed, profile, profile_name)
+        config = run_config(model, seed, profile)
         config["data"]["data_dir"] = str(data_dir)
-        metrics = train_one(model, seed, run_dir, config)
+        metrics = train_one(model, seed, run_dir, config, profile_name)
         print(f"[{index}/{len(jobs)}] {model} seed {seed}: test accuracy "
               f"{metrics['test_acc']:.4f}, energy/step {metrics['energy_per_step']:.4g}, "
               f"{metrics['wall_time_s']:.0f} s", flush=True)
@@ -229,8 +240,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", default="data/ar", help="data cache (default: data/ar)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steadiest for these small models)")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="override the profile's epochs (runs resume from last.ckpt)")
     args = parser.parse_args(argv)
-    reproduce(args.profile, args.models, args.seeds, args.out, args.data_dir, args.threads)
+    reproduce(args.profile, args.models, args.seeds, args.out, args.data_dir, args.threads,
+              args.max_epochs)
 
 
 if __name__ == "__main__":
