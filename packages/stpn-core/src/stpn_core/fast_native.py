@@ -160,13 +160,16 @@ def _parallel(ranges: list[tuple[int, int]], call: Callable[[int, int, int], Non
     if len(ranges) == 1:
         call(0, *ranges[0])
         return
-    futures = [_executor().submit(call, k, b0, b1) for k, (b0, b1) in enumerate(ranges)]
+    pool = _executor(os.getpid())
+    futures = [pool.submit(call, k, b0, b1) for k, (b0, b1) in enumerate(ranges)]
     for future in futures:
         future.result()
 
 
 @cache
-def _executor() -> ThreadPoolExecutor:
+def _executor(pid: int) -> ThreadPoolExecutor:
+    """One pool per process: a forked child (Optuna or data workers) inherits the parent's pool
+    object but not its threads, and would wait on them forever."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="stpn")
 
 
