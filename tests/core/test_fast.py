@@ -226,3 +226,24 @@ def test_bad_options_raise(options: dict, match: str) -> None:
 def test_bptt_chunk_type() -> None:
     with pytest.raises(TypeError, match="bptt_chunk"):
         STPN(5, 4, bptt_chunk=2.5)
+
+
+def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C loop splits the batch across threads for large jobs; force it on a small one."""
+    if fast_native.library(DOUBLE) is None:
+        pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
+    monkeypatch.setattr(fast_native, "MIN_WORK_PER_THREAD", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(fast_native._batch_ranges(5, 10**6)) == 3
+        fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
+        x = torch.randn(5, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+        out_f, final_f, grads_f = loss_and_grads(fast, x, None)
+    finally:
+        torch.set_num_threads(threads)
+    out_r, final_r, grads_r = loss_and_grads(reference, x, None)
+    assert_close(out_f, out_r)
+    assert_close(final_f.F, final_r.F)
+    for got, want in zip(grads_f, grads_r, strict=True):
+        assert_close(got, want)
