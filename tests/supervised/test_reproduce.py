@@ -43,7 +43,8 @@ def test_run_directory_metrics_resume_and_report(tiny_profiles, tmp_path, capsys
     assert metrics["versions"]["torch"] and metrics["wall_time_s"] > 0
     log = pd.read_csv(run / "logs" / "metrics.csv")
     assert {"epoch", "step", "val/acc", "val/energy", "train/loss"} <= set(log.columns)
-    assert sorted(log.dropna(subset=["val/acc"])["epoch"]) == [0, 1]
+    assert sorted(log.dropna(subset=["val/acc"])["epoch"]) == [0, 1]  # epoch 0 kept on resume
+    assert not (run / "logs" / "previous_metrics.csv").exists()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["name"] == "rnn" and config["data"]["seed"] == 0

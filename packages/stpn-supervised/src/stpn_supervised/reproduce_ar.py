@@ -101,13 +101,7 @@ def _read_log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def _restore_log(path: Path, earlier: list[dict[str, str]], resumed_epoch: int) -> None:
-    """CSVLogger starts a new file on resume; put back the rows up to the resumed checkpoint's
-    epoch (``resumed_epoch``, the last epoch it completed)."""
-    kept = [row for row in earlier if row.get("epoch") and int(row["epoch"]) <= resumed_epoch]
-    if not kept:
-        return
-    rows = kept + _read_log(path)
+def _write_log(path: Path, rows: list[dict[str, str]]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", newline="") as file:
@@ -115,6 +109,24 @@ def _restore_log(path: Path, earlier: list[dict[str, str]], resumed_epoch: int) 
         writer.writeheader()
         writer.writerows(rows)
     os.replace(temporary, path)
+
+
+def _set_aside_log(log_path: Path, resumed_epoch: int) -> Path:
+    """CSVLogger deletes ``metrics.csv`` when training resumes. Before that, keep the rows up to
+    the resumed checkpoint's epoch (the last it completed) in ``previous_metrics.csv``, so that
+    they survive even if this attempt is killed too; :func:`_merge_log` puts them back."""
+    previous = log_path.with_name("previous_metrics.csv")
+    rows = _read_log(previous) + _read_log(log_path)
+    kept = [row for row in rows if row.get("epoch") and int(row["epoch"]) <= resumed_epoch]
+    if kept:
+        _write_log(previous, kept)
+    return previous
+
+
+def _merge_log(log_path: Path, previous: Path) -> None:
+    if previous.is_file():
+        _write_log(log_path, _read_log(previous) + _read_log(log_path))
+        previous.unlink()
 
 
 def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
@@ -148,14 +160,14 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     log_path = run_dir / "logs" / "metrics.csv"
-    earlier = _read_log(log_path) if last.is_file() else []
     resumed_epoch = torch.load(last, weights_only=False)["epoch"] if last.is_file() else -1
+    previous = _set_aside_log(log_path, resumed_epoch)
     trainer.fit(module, data, ckpt_path=last if last.is_file() else None)
     epochs, wall_time = trainer.current_epoch, timer.time_elapsed("train")
     final = trainer.test(module, data, verbose=False)[0]
     best = trainer.test(module, data, ckpt_path=checkpoint.best_model_path or None,
                         verbose=False)[0]
-    _restore_log(log_path, earlier, resumed_epoch)
+    _merge_log(log_path, previous)
     metrics = {
         "task": "ar", "model": model, "seed": seed, "params": module.num_parameters,
         "proficiency": best["test/acc"], "proficiency_name": "test_acc",
