@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
+import torch
 import yaml
-from stpn_supervised import reproduce_ar
+from stpn_supervised import AssociativeRetrievalDataModule, SequenceClassifier, reproduce_ar
 from stpn_supervised.cli import main
-from stpn_supervised.reproduce_ar import METRIC_KEYS, PROFILES, Profile, reproduce
+from stpn_supervised.reproduce_ar import (
+    METRIC_KEYS,
+    PROFILES,
+    Profile,
+    checkpoint_callbacks,
+    reproduce,
+)
 
 TINY = {"train_size": 256, "val_size": 128, "test_size": 160}
 
@@ -86,3 +94,15 @@ def test_bad_arguments_raise_clear_errors(kwargs: dict, message: str, tmp_path) 
 def test_quick_profile_is_the_five_main_models() -> None:
     assert PROFILES["quick"].models == ("stpn", "rnn", "lstm", "fast_weights", "modplast")
     assert len(PROFILES["paper"].models) == 9 and PROFILES["paper"].max_epochs == 200
+
+
+def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path) -> None:
+    best, latest = checkpoint_callbacks(tmp_path / "checkpoints")
+    data = AssociativeRetrievalDataModule(train_size=64, val_size=64, test_size=64,
+                                          batch_size=64, data_dir=tmp_path / "data")
+    module = SequenceClassifier("rnn", 20, lr=1e-12)  # validation accuracy cannot improve
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[best, latest])
+    trainer.fit(module, data)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 2 and Path(best.best_model_path).name == "best-epoch000.ckpt"

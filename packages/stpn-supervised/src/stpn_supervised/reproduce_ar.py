@@ -140,6 +140,18 @@ def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
     return config
 
 
+def checkpoint_callbacks(dirpath: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best checkpoint by validation accuracy, and ``last.ckpt`` rewritten every epoch.
+
+    A separate callback for ``last.ckpt``: Lightning 2.6's ``save_last=True`` rewrites it only
+    when the monitored checkpoint improves, so a resume would restart from the best epoch.
+    """
+    best = ModelCheckpoint(dirpath=dirpath, filename="best-epoch{epoch:03d}", monitor="val/acc",
+                           mode="max", auto_insert_metric_name=False)
+    latest = ModelCheckpoint(dirpath=dirpath, filename="last", enable_version_counter=False)
+    return best, latest
+
+
 def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
               profile_name: str) -> dict[str, Any]:
     """Train, test, and write ``metrics.json``; returns the metrics."""
@@ -148,14 +160,12 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
     L.seed_everything(seed, workers=True, verbose=False)
     data = AssociativeRetrievalDataModule(**config["data"])
     module = SequenceClassifier(**config["model"])
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/acc",
-        mode="max", save_last=True, auto_insert_metric_name=False,
-    )
+    checkpoint, latest = checkpoint_callbacks(run_dir / "checkpoints")
     timer = Timer()
     trainer = L.Trainer(
         max_epochs=config["trainer"]["max_epochs"], devices=1, default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="logs", version=""), callbacks=[checkpoint, timer],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        callbacks=[checkpoint, latest, timer],
         log_every_n_steps=50,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
