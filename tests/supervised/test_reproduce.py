@@ -58,7 +58,8 @@ def test_run_directory_metrics_resume_and_report(tiny_profiles, tmp_path, capsys
     assert config["model"]["name"] == "rnn" and config["data"]["seed"] == 0
     last = run / "checkpoints" / "last.ckpt"
     cli = main(["validate", "--config", str(run / "config.yaml"), "--trainer.logger=false",
-                "--trainer.enable_progress_bar=false", f"--ckpt_path={last}"])
+                "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run}",
+                f"--ckpt_path={last}"])
     assert cli.trainer.callback_metrics["val/acc"] == pytest.approx(
         log.dropna(subset=["val/acc"])["val/acc"].iloc[-1], abs=1e-6)  # config.yaml re-runs
     assert paths["summary_md"].is_file() and paths["ar_val_acc"].is_file()
