@@ -8,7 +8,6 @@ colour in every figure so that figures can be read side by side.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from stpn_core.files import atomic_path
 
 from stpn_analysis.runs import Run, load_plasticity
 from stpn_analysis.tables import summarise
@@ -50,12 +50,9 @@ def model_colour(model: str) -> str:
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` as PNG atomically (temp file + rename): a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format="png", dpi=120)
-    os.replace(temporary, path)
-    return path
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
+    return Path(path)
 
 
 def _by_model(runs: Sequence[Run], task: str) -> dict[str, list[Run]]:

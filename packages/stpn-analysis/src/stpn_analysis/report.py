@@ -6,10 +6,10 @@ A figure is drawn only where the runs hold its data (an ART run has no reward cu
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from stpn_core.files import write_text_atomic
 
 from stpn_analysis.maze import maze_references
 from stpn_analysis.plots import (
@@ -22,14 +22,6 @@ from stpn_analysis.plots import (
 )
 from stpn_analysis.runs import Run, load_plasticity, load_runs
 from stpn_analysis.tables import format_table, summarise
-
-
-def _write_text(path: Path, text: str) -> Path:
-    """Atomic text write (temp file + rename), as for every result file of the project."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
 
 
 def _has_columns(runs: list[Run], *columns: str) -> bool:
@@ -67,8 +59,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> dic
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(runs)
     paths = {
-        "summary_csv": _write_text(out / "summary.csv", table.to_csv(index=False)),
-        "summary_md": _write_text(out / "summary.md", format_table(table)),
+        "summary_csv": write_text_atomic(out / "summary.csv", table.to_csv(index=False)),
+        "summary_md": write_text_atomic(out / "summary.md", format_table(table)),
     }
     for name, figure in _figures(runs).items():
         paths[name] = save_figure(figure, out / "figures" / f"{name}.png")

@@ -4,14 +4,13 @@ loading a run back for evaluation."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from sb3_contrib import RecurrentPPO
+from stpn_core.files import write_text_atomic
 
 CHECKPOINT_PREFIX = "rl_model"
 _CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
@@ -19,15 +18,7 @@ _CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    write_atomic(path, json.dumps(data, indent=2))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

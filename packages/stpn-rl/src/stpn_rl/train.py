@@ -24,16 +24,12 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
+from stpn_core.files import write_text_atomic
 
 from stpn_rl.config import load_config, merge, validate_config
 from stpn_rl.evaluate import evaluate_agent
 from stpn_rl.policies import CorePolicy
-from stpn_rl.runs import (
-    CHECKPOINT_PREFIX,
-    latest_checkpoint,
-    write_atomic,
-    write_json,
-)
+from stpn_rl.runs import CHECKPOINT_PREFIX, latest_checkpoint, write_json
 from stpn_rl.tasks import get_task, make_vec_env
 
 
@@ -127,7 +123,7 @@ def _merge_progress(logs: Path) -> None:
     for frame in frames[1:]:
         first = frame["time/total_timesteps"].min()
         merged = pd.concat([merged[merged["time/total_timesteps"] < first], frame])
-    write_atomic(logs / "progress.csv", merged.to_csv(index=False))
+    write_text_atomic(logs / "progress.csv", merged.to_csv(index=False))
     for p in parts:
         p.unlink()
 
@@ -174,7 +170,7 @@ def train(
         recorded = yaml.safe_load(previous.read_text())
         if {**recorded, "total_timesteps": 0} != {**config, "total_timesteps": 0}:
             raise ValueError(f"out: {run_dir} holds a run with another configuration")
-    write_atomic(previous, yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(previous, yaml.safe_dump(config, sort_keys=False))
 
     set_random_seed(seed)
     env = make_vec_env(task, config["n_envs"], seed, **config["env"])

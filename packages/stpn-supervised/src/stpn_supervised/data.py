@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from stpn_core.files import atomic_path
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -148,18 +148,9 @@ class AssociativeRetrievalDataModule(L.LightningDataModule):
     def _write(self, split: str, tokens: np.ndarray, targets: np.ndarray) -> None:
         """Atomic: write a temporary file in the cache folder, then rename it into place, so a
         concurrent reader (another rank, another run) never sees half a file."""
-        path = self.cache_path(split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
-                                             suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                key = json.dumps(self.cache_key(split), sort_keys=True)
-                np.savez(file, tokens=tokens, targets=targets, key=np.array(key))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        key = json.dumps(self.cache_key(split), sort_keys=True)
+        with atomic_path(self.cache_path(split)) as temporary, temporary.open("wb") as file:
+            np.savez(file, tokens=tokens, targets=targets, key=np.array(key))
 
     def _read(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The cached split, or ``None`` (with a warning) when the file is unreadable or does not

@@ -30,6 +30,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger
 from stpn_analysis import format_table, load_runs, summarise, write_report
+from stpn_core.files import atomic_path, write_text_atomic
 
 from stpn_supervised.cli import CONFIG_MODELS, config_path
 from stpn_supervised.data import AssociativeRetrievalDataModule
@@ -65,12 +66,6 @@ METRIC_KEYS = (
 """Keys every ``metrics.json`` holds (docs/run-format.md), plus a few extras."""
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def is_finished(run_dir: Path, max_epochs: int) -> bool:
     """A run is finished when its ``metrics.json`` parses, holds every documented key and
     records at least ``max_epochs`` epochs (a shorter run is continued from its last
@@ -103,12 +98,10 @@ def _read_log(path: Path) -> list[dict[str, str]]:
 
 def _write_log(path: Path, rows: list[dict[str, str]]) -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as file:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
 def _set_aside_log(log_path: Path, resumed_epoch: int) -> Path:
@@ -156,7 +149,7 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
               profile_name: str) -> dict[str, Any]:
     """Train, test, and write ``metrics.json``; returns the metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     L.seed_everything(seed, workers=True, verbose=False)
     data = AssociativeRetrievalDataModule(**config["data"])
     module = SequenceClassifier(**config["model"])
@@ -193,7 +186,7 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
         "hidden_size": config["model"]["hidden_size"], "profile": profile_name,
         "train_size": config["data"]["train_size"],
     }
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
+from stpn_analysis.maze import maze_walls  # one geometry for the env and its references
 
 OBSERVATION_SIZE = 17
 N_ACTIONS = 4
@@ -50,17 +51,6 @@ def check_maze_options(
     for name, value in (("reward_value", reward_value), ("wall_penalty", wall_penalty)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
             raise ValueError(f"{name}: expected a finite number, got {value!r}")
-
-
-def maze_walls(size: int) -> np.ndarray:
-    """``(size, size)`` bool grid: border walls, a pillar wherever row and column are both even,
-    and the centre opened so that it is a recognisable irregularity."""
-    walls = np.zeros((size, size), dtype=bool)
-    walls[[0, -1], :] = True
-    walls[:, [0, -1]] = True
-    walls[::2, ::2] = True
-    walls[size // 2, size // 2] = False
-    return walls
 
 
 class MazeAgents:

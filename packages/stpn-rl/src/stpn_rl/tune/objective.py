@@ -1,0 +1,84 @@
+"""What a trial does: train the sampled agent, evaluate it periodically, report to Optuna."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from stable_baselines3.common.callbacks import BaseCallback
+
+from stpn_rl.search_spaces import sample_config
+from stpn_rl.tasks import make_vec_env
+from stpn_rl.train import build_agent, count_parameters
+from stpn_rl.tune.options import TuneOptions
+
+Objective = Callable[[optuna.Trial], float]
+EVAL_SEED_OFFSET = 10_000  # as stpn_rl.train: evaluation episodes never replay training's seeds
+
+
+class TrialEvalCallback(BaseCallback):
+    """Every ``eval_freq`` calls, evaluate the agent (:func:`stpn_rl.evaluate.evaluate_agent`,
+    the figure ``stpn_rl.train`` reports), report the mean reward to the trial and stop training
+    if the pruner says so. A non-finite mean reward (a diverged agent) raises, failing the trial.
+    """
+
+    def __init__(self, trial: optuna.Trial, eval_freq: int, evaluate: Callable[[], float]):
+        super().__init__()
+        self.trial, self.eval_freq, self.evaluate = trial, eval_freq, evaluate
+        self.n_evaluations, self.last_mean_reward, self.is_pruned = 0, -math.inf, False
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.eval_freq:
+            return True
+        self.n_evaluations += 1
+        self.last_mean_reward = self.evaluate()
+        if not math.isfinite(self.last_mean_reward):
+            raise FloatingPointError(
+                f"diverged: mean reward {self.last_mean_reward} at evaluation "
+                f"{self.n_evaluations} ({self.num_timesteps} steps)"
+            )
+        self.trial.report(self.last_mean_reward, self.n_evaluations)
+        self.is_pruned = self.trial.should_prune()
+        return not self.is_pruned
+
+
+def make_objective(options: TuneOptions, base: dict[str, Any]) -> Objective:
+    """Train the trial's agent for ``n_timesteps``, evaluating it ``n_evaluations`` times on the
+    same ``n_eval_episodes`` episodes (greedy or sampled, as the config's ``evaluation`` says);
+    the value is the last mean reward. Trial ``k`` trains with seed ``seed + k``."""
+    from stpn_rl.evaluate import evaluate_agent
+
+    evaluation = base.get("evaluation", {})
+    n_episodes = options.n_eval_episodes or evaluation.get("episodes", 10)
+
+    def objective(trial: optuna.Trial) -> float:
+        config = sample_config(trial, base, options.task, options.core)
+        seed = (options.seed or 0) + trial.number
+        env = make_vec_env(options.task, config["n_envs"], seed, **config["env"])
+        model = build_agent(config, options.task, seed=seed, env=env)
+        trial.set_user_attr("n_parameters", count_parameters(model))
+
+        def evaluate() -> float:
+            result = evaluate_agent(
+                model,
+                options.task,
+                n_episodes,
+                evaluation.get("deterministic", False),
+                seed=seed + EVAL_SEED_OFFSET,
+                env_kwargs=config["env"],
+            )
+            return result["mean_reward"]
+
+        eval_freq = max(1, options.n_timesteps // options.n_evaluations // env.num_envs)
+        callback = TrialEvalCallback(trial, eval_freq, evaluate)
+        try:
+            model.learn(options.n_timesteps, callback=callback)
+        finally:
+            env.close()
+        if callback.is_pruned:
+            raise optuna.TrialPruned(f"pruned at evaluation {callback.n_evaluations}")
+        return callback.last_mean_reward
+
+    return objective
