@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from stpn_core.files import atomic_path
 
 from stpn_analysis.runs import Run, load_plasticity
@@ -105,6 +106,7 @@ def plot_validation_accuracy(runs: Sequence[Run], task: str = "ar") -> Figure:
             drawn += 1
     if not drawn:
         raise ValueError(f"runs: no run of task {task!r} has a logs/metrics.csv with val/acc")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # short runs: no epoch 0.5
     ax.legend()
     return figure
 
@@ -202,6 +204,7 @@ def plot_plasticity(runs: Sequence[Run], task: str, model: str = "stpn") -> Figu
         ax.set(xlabel=label, ylabel="synapses (count)")
         ax.grid(alpha=0.3)
         ax.legend()
-    figure.suptitle(f"{task}: learned Λ and Γ of {model} ({len(loaded)} seeds, "
+    seeds = f"{len(loaded)} seed" + "s" * (len(loaded) > 1)
+    figure.suptitle(f"{task}: learned Λ and Γ of {model} ({seeds}, "
                     f"{loaded[0]['lambda'].size} synapses each)")
     return figure
