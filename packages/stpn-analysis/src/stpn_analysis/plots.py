@@ -107,7 +107,7 @@ def plot_validation_accuracy(runs: Sequence[Run], task: str = "ar") -> Figure:
     if not drawn:
         raise ValueError(f"runs: no run of task {task!r} has a logs/metrics.csv with val/acc")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # short runs: no epoch 0.5
-    ax.legend()
+    figure.legend(loc="outside right upper")  # beside the curves, never over them
     return figure
 
 
