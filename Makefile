@@ -14,7 +14,7 @@ PACKAGES := packages/stpn-core packages/stpn-analysis packages/stpn-supervised p
 
 $(STAMP): Makefile constraints.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 		$(foreach p,$(PACKAGES),-e "$(p)[test]")
 	touch $(STAMP)
