@@ -12,6 +12,7 @@ and each chunk's forward is recomputed during the backward (exact gradients).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from stpn_core import fast_native
-from stpn_core.fast_kernels import Config, backward_loop, forward_loop
+from stpn_core.fast_kernels import Config, Saved, backward_loop, forward_loop
 
 if TYPE_CHECKING:
     from stpn_core.stpn import STPN, STPNState
@@ -50,72 +51,101 @@ def config_of(module: STPN) -> Config:
     )
 
 
+@dataclass
+class _TorchRecord:
+    """The torch fallback's record (time-major), with batch-first copies of what it returns."""
+
+    saved: Saved
+    out: Tensor  # (B, T, H)
+    F_final: Tensor
+
+
+def _torch_forward(
+    x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
+    cfg: Config,
+) -> _TorchRecord:
+    saved = forward_loop(x.transpose(0, 1), h0, F0, W, b, lam, gam, cfg)
+    # Copies: the caller owns (and may modify) what is returned; F_final views all of saved.F.
+    return _TorchRecord(saved, saved.out.transpose(0, 1).contiguous(), saved.F_final.clone())
+
+
+def _torch_backward(
+    record: _TorchRecord, grad_out: Tensor, grad_F: Tensor | None, *args: Any
+) -> tuple[Any, ...]:
+    if grad_F is None:
+        grad_F = torch.zeros_like(record.F_final)
+    gx, *rest = backward_loop(record.saved, grad_out.transpose(0, 1), grad_F, *args)
+    return gx.transpose(0, 1), *rest
+
+
 class _STPNSequence(torch.autograd.Function):
-    """``(x (T,B,I), h0, F0, W, b, Λ, Γ) -> (outputs (T,B,H), F_T)``, hand-written backward."""
+    """``(x (B,T,I), h0, F0, W, b, Λ, Γ) -> (outputs (B,T,H), F_T)``, hand-written backward.
+
+    Batch-major throughout, like the module's input and output, so no transposed copies are
+    made. With one chunk the output is the C loop's own buffer (saved for the backward, so an
+    in-place change of it raises there instead of corrupting the gradient).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, cfg: Config, every: int, x: Tensor, h0: Tensor, F0: Tensor, W: Tensor,
         b: Tensor | None, lam: Tensor, gam: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        T = x.shape[0]
+        T = x.shape[1]
         native = fast_native.usable(x, W)
-        run = fast_native.forward if native else forward_loop
-        outputs, starts = [], []
-        h, F = h0, F0
-        for t0 in range(0, T, every):
-            saved = run(x[t0 : t0 + every], h, F, W, b, lam, gam, cfg)
-            starts.append((h, F))
-            outputs.append(saved.out)
-            h, F = saved.out[-1].clone(), saved.F_final.clone()  # do not pin the chunk's buffers
-        out = torch.cat(outputs) if len(outputs) > 1 else outputs[0].clone()
-        F_final = F.clone()
+        run = fast_native.forward if native else _torch_forward
         ctx.cfg, ctx.every, ctx.native = cfg, every, native
-        # One chunk: keep its buffers. Several: keep only each chunk's starting state.
-        ctx.saved = saved if len(starts) == 1 else None
-        ctx.starts = starts
-        ctx.save_for_backward(x, W, b, lam, gam)
+        if every >= T:
+            ctx.saved = run(x, h0, F0, W, b, lam, gam, cfg)
+            ctx.starts = None
+            out, F_final = ctx.saved.out, ctx.saved.F_final
+        else:  # keep only each chunk's starting state; the chunk is recomputed in the backward
+            outputs, ctx.starts, ctx.saved = [], [], None
+            h, F_final = h0, F0
+            for t0 in range(0, T, every):
+                ctx.starts.append((h, F_final))
+                saved = run(x[:, t0 : t0 + every], h, F_final, W, b, lam, gam, cfg)
+                outputs.append(saved.out)
+                h, F_final = saved.out[:, -1].clone(), saved.F_final
+            out = torch.cat(outputs, dim=1)
+        ctx.save_for_backward(x, W, b, lam, gam, out if ctx.starts is None else None)
         return out, F_final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
-        x, W, b, lam, gam = ctx.saved_tensors
+        x, W, b, lam, gam, _ = ctx.saved_tensors  # checks that the saved output is unchanged
         cfg, every = ctx.cfg, ctx.every
-        T, B, input_size = x.shape
-        H, D = W.shape
+        B, T, input_size = x.shape
         if grad_out is None:
-            grad_out = torch.zeros(T, B, H, dtype=x.dtype, device=x.device)
-        if grad_F is None:
-            grad_F = torch.zeros(B, H, D, dtype=x.dtype, device=x.device)
-        grad_x = torch.empty_like(x)
-        grad_params: list[Tensor | None] = [None, None, None, None]
+            grad_out = torch.zeros(B, T, W.shape[0], dtype=x.dtype, device=x.device)
         run, walk_back = (
             (fast_native.forward, fast_native.backward) if ctx.native
-            else (forward_loop, backward_loop)
+            else (_torch_forward, _torch_backward)
         )
-        gF, gh = grad_F, None
+        if ctx.starts is None:
+            gx, gh, gF, *grads = walk_back(
+                ctx.saved, grad_out, grad_F, W, b, lam, gam, cfg, input_size
+            )
+            return None, None, gx, gh if cfg.recurrent else None, gF, *grads
+        gF, gh, pieces = grad_F, None, []
+        grad_params: list[Tensor | None] = [None, None, None, None]
         for index in range(len(ctx.starts) - 1, -1, -1):
             t0 = index * every
-            t1 = min(T, t0 + every)
-            saved = ctx.saved
-            if saved is None:
-                h_start, F_start = ctx.starts[index]
-                saved = run(x[t0:t1], h_start, F_start, W, b, lam, gam, cfg)
-            g_out = grad_out[t0:t1]
+            h_start, F_start = ctx.starts[index]
+            saved = run(x[:, t0 : t0 + every], h_start, F_start, W, b, lam, gam, cfg)
+            g_out = grad_out[:, t0 : t0 + every]
             if gh is not None:
                 g_out = g_out.clone()
-                g_out[-1] += gh
-            gx, gh, gF, *grads = walk_back(
-                saved, g_out, gF, W, b, lam, gam, cfg, input_size
-            )
-            grad_x[t0:t1] = gx
+                g_out[:, -1] += gh
+            gx, gh, gF, *grads = walk_back(saved, g_out, gF, W, b, lam, gam, cfg, input_size)
+            pieces.append(gx)
             grad_params = [
                 g if acc is None else (None if g is None else acc + g)
                 for acc, g in zip(grad_params, grads, strict=True)
             ]
-        grad_h0 = gh if cfg.recurrent else None
-        return (None, None, grad_x, grad_h0, gF, *grad_params)
+        grad_x = torch.cat(pieces[::-1], dim=1)
+        return None, None, grad_x, gh if cfg.recurrent else None, gF, *grad_params
 
 
 def fast_sequence(
@@ -128,10 +158,10 @@ def fast_sequence(
     T = x.shape[1]
     every = T if checkpoint_every is None else min(T, checkpoint_every)
     out, F = _STPNSequence.apply(
-        config_of(module), every, x.transpose(0, 1), state.h, state.F, module.weight,
-        module.bias, module.weight_lambda, module.weight_gamma,
+        config_of(module), every, x, state.h, state.F, module.weight, module.bias,
+        module.weight_lambda, module.weight_gamma,
     )
-    return out.transpose(0, 1).contiguous(), out[-1], F
+    return out, out[:, -1], F
 
 
 def reference_sequence(

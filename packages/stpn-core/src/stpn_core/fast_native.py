@@ -107,9 +107,15 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
         return None
     try:
         path = _build(REAL_TYPES[dtype])
-        return None if path is None else ctypes.CDLL(str(path))
+        lib = None if path is None else ctypes.CDLL(str(path))
     except OSError:
         return None
+    if lib is not None:  # declared once, so calls pass plain ints without wrapper objects
+        head = [ctypes.POINTER(_Cfg), ctypes.c_long, ctypes.c_long]
+        lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 12
+        lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 18
+        lib.stpn_forward.restype = lib.stpn_backward.restype = None
+    return lib
 
 
 def usable(*tensors: Tensor | None) -> bool:
@@ -118,8 +124,8 @@ def usable(*tensors: Tensor | None) -> bool:
     return all(t.device.type == "cpu" for t in present) and library(present[0].dtype) is not None
 
 
-def _ptr(tensor: Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(None if tensor is None else tensor.data_ptr())
+def _ptr(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 def _cfg(cfg: Config, shape: tuple[int, ...], has_bias: bool) -> _Cfg:
@@ -137,11 +143,12 @@ def _plastic(lam: Tensor, gam: Tensor, shape: torch.Size, cfg: Config) -> tuple[
 
 @dataclass
 class NativeSaved:
-    """What the C forward keeps: the memory every ``K`` steps and the small per-step arrays."""
+    """What the C forward keeps (batch-major): the memory every ``K`` steps and the small
+    per-step arrays. ``out`` is the layer's output itself; ``F_final`` is not read back."""
 
-    checkpoints: Tensor  # (ceil(T/K), B, H, D)
-    V: Tensor  # (T+1, B, D)
-    out: Tensor  # (T, B, H)
+    checkpoints: Tensor  # (B, ceil(T/K), H, D)
+    V: Tensor  # (B, T+1, D)
+    out: Tensor  # (B, T, H)
     R: Tensor | None
     S: Tensor
     R2: Tensor | None
@@ -177,19 +184,20 @@ def forward(
     x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
     cfg: Config,
 ) -> NativeSaved:
-    """The sequence forward in C: outputs, final memory, and what :func:`backward` needs."""
-    T, B, I = x.shape  # noqa: E741
+    """The sequence forward in C over ``x`` ``(B, T, I)``: outputs ``(B, T, H)``, final memory
+    and what :func:`backward` needs. Every buffer is left uninitialised where C writes it."""
+    B, T, I = x.shape  # noqa: E741
     H, D = W.shape
     every = max(1, min(T, CHECKPOINT_EVERY))
     opts = {"device": x.device, "dtype": x.dtype}
-    V = torch.zeros(T + 1, B, D, **opts)
-    V[:T, :, :I] = x
+    V = torch.empty(B, T + 1, D, **opts)  # input part of slot T: never read
+    V[:, :T, :I] = x
     if cfg.recurrent:
-        V[0, :, I:] = h0
-    out, S = torch.empty(T, B, H, **opts), torch.empty(T, B, H, **opts)
-    R = torch.empty(T, B, H, **opts) if cfg.normalise else None
-    R2 = torch.empty(T, B, H, **opts) if cfg.post else None
-    checkpoints = torch.empty(-(-T // every), B, H, D, **opts)
+        V[:, 0, I:] = h0
+    out, S = torch.empty(B, T, H, **opts), torch.empty(B, T, H, **opts)
+    R = torch.empty(B, T, H, **opts) if cfg.normalise else None
+    R2 = torch.empty(B, T, H, **opts) if cfg.post else None
+    checkpoints = torch.empty(B, -(-T // every), H, D, **opts)
     F_final = torch.empty(B, H, D, **opts)
     F0 = F0.contiguous()
     W, (lam, gam) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
@@ -199,9 +207,8 @@ def forward(
 
     def call(_: int, b0: int, b1: int) -> None:
         run(
-            ctypes.byref(c), ctypes.c_long(b0), ctypes.c_long(b1), _ptr(W), _ptr(b), _ptr(lam),
-            _ptr(gam), _ptr(F0), _ptr(V), _ptr(out), _ptr(R), _ptr(S), _ptr(R2),
-            _ptr(checkpoints), _ptr(F_final),
+            ctypes.byref(c), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(gam), _ptr(F0), _ptr(V),
+            _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(checkpoints), _ptr(F_final),
         )
 
     _parallel(_batch_ranges(B, B * H * D * T), call)
@@ -209,34 +216,36 @@ def forward(
 
 
 def backward(
-    saved: NativeSaved, grad_out: Tensor, grad_F: Tensor, W: Tensor, b: Tensor | None,
+    saved: NativeSaved, grad_out: Tensor, grad_F: Tensor | None, W: Tensor, b: Tensor | None,
     lam: Tensor, gam: Tensor, cfg: Config, input_size: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Gradients of ``x`` ``(T, B, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C."""
-    T, B, H, D = saved.S.shape[0], saved.S.shape[1], W.shape[0], W.shape[1]
+    """Gradients of ``x`` ``(B, T, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C, from
+    ``grad_out`` ``(B, T, H)`` and ``grad_F`` (``None``: zero)."""
+    B, T, H = saved.out.shape
+    D = W.shape[1]
     opts = {"device": W.device, "dtype": W.dtype}
-    gF = grad_F.contiguous().clone()
-    gh = torch.zeros(B, H, **opts)
-    gx = torch.empty(T, B, input_size, **opts)
+    gF, gh = torch.empty(B, H, D, **opts), torch.empty(B, H, **opts)  # C initialises both
+    gx = torch.empty(B, T, input_size, **opts)
     ranges = _batch_ranges(B, B * H * D * T)
-    # One set of accumulators per thread: (W, b, Λ, Γe), summed afterwards.
+    # One set of accumulators per thread: (W, Λ, Γe, b), summed afterwards.
     acc = torch.zeros(len(ranges), 3 * H * D + H, **opts)
     W, (lam_hd, gam_hd) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
+    grad_F = None if grad_F is None else grad_F.contiguous()
     c = _cfg(cfg, (T, B, input_size, H, D, saved.every), b is not None)
     run = library(W.dtype).stpn_backward
 
     def call(k: int, b0: int, b1: int) -> None:
         gW, gb, g_lam, g_hebb = _split_accumulators(acc[k], H, D)
         run(
-            ctypes.byref(c), ctypes.c_long(b0), ctypes.c_long(b1), _ptr(W), _ptr(lam_hd),
-            _ptr(gam_hd), _ptr(saved.checkpoints), _ptr(saved.V), _ptr(saved.out), _ptr(saved.R),
-            _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(gF), _ptr(gh), _ptr(gx),
-            _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
+            ctypes.byref(c), b0, b1, _ptr(W), _ptr(lam_hd), _ptr(gam_hd),
+            _ptr(saved.checkpoints), _ptr(saved.V), _ptr(saved.out), _ptr(saved.R),
+            _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh),
+            _ptr(gx), _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
         )
 
     _parallel(ranges, call)
-    gW, gb, g_lam, g_hebb = _split_accumulators(acc.sum(0), H, D)
+    gW, gb, g_lam, g_hebb = _split_accumulators(acc[0] if len(ranges) == 1 else acc.sum(0), H, D)
     g_lam, g_gam = finish_plastic_grads(g_lam, g_hebb, lam, gam, cfg)
     return gx, gh, gF, gW, gb if b is not None else None, g_lam, g_gam
 

@@ -8,10 +8,12 @@
  * headers) and called through ctypes; the math is that of stpn_core/fast_kernels.py, which
  * documents the notation. Samples [b0, b1) only, so callers can split the batch across threads.
  *
- * REAL is float or double (-DREAL=...). Arrays are contiguous and time-major: V (T+1,B,D) with
- * v_t = V[t] (the hidden part of V[t+1] is h_t when recurrent), out/R/S/R2 (T,B,H),
- * checkpoints (ceil(T/K),B,H,D). lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for
- * prompt_decay, since Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update.
+ * REAL is float or double (-DREAL=...). Arrays are contiguous and batch-major, so one sample's
+ * sequence is one contiguous block and the torch side needs no transposes: V (B,T+1,D) with
+ * v_t = V[b,t] (the hidden part of V[b,t+1] is h_t when recurrent), out/R/S/R2 and the output
+ * gradient (B,T,H), the input gradient (B,T,NI), checkpoints (B,ceil(T/K),H,D). lam and gam are
+ * (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so
+ * the loops need no branch on the update.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,13 @@ typedef struct {
     int recurrent, normalise, post, current, act, has_bias;
     double clamp, eps; /* clamp <= 0: none */
 } Cfg;
+
+/* Scratch aligned to whole cache lines: with rows of a multiple of 8 floats no vector load
+ * straddles two lines (malloc only guarantees 16 bytes). */
+static REAL *scratch(long n) {
+    const size_t bytes = ((sizeof(REAL) * (size_t)n + 63) / 64 + 1) * 64;
+    return aligned_alloc(64, bytes);
+}
 
 /* h = act(a) in place over one sample's units, vectorised (exp from the vector math library). */
 static void activate_all(REAL *h, long H, int act) {
@@ -100,16 +109,16 @@ static void update_memory(const Cfg *c, const REAL *W, const REAL *lam, const RE
 void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
                   const REAL *lam, const REAL *gam, const REAL *F0, REAL *V, REAL *out, REAL *R,
                   REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-    const long B = c->B, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D;
-    REAL *Fa = malloc(sizeof(REAL) * HD), *Fb = malloc(sizeof(REAL) * HD);
-    REAL *ubuf = malloc(sizeof(REAL) * D);
+    const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D;
+    const long n_ckpt = (T + c->K - 1) / c->K;
+    REAL *Fa = scratch(HD), *Fb = scratch(HD), *ubuf = scratch(D);
     for (long b = b0; b < b1; b++) {
         REAL *F = Fa, *Fn = Fb;
         memcpy(F, F0 + b * HD, sizeof(REAL) * HD);
-        for (long t = 0; t < c->T; t++) {
-            const long tb = t * B + b;
-            if (t % c->K == 0) memcpy(ckpt + ((t / c->K) * B + b) * HD, F, sizeof(REAL) * HD);
-            const REAL *v = V + tb * D;
+        for (long t = 0; t < T; t++) {
+            const long tb = b * T + t; /* (b, t) in the (B,T,.) arrays */
+            if (t % c->K == 0) memcpy(ckpt + (b * n_ckpt + t / c->K) * HD, F, sizeof(REAL) * HD);
+            const REAL *v = V + (tb + b) * D; /* V[b, t] */
             REAL *h = out + tb * H;
             for (long i = 0; i < H; i++) {
                 const REAL *restrict Wi = W + i * D, *restrict Fi = F + i * D;
@@ -130,7 +139,7 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
                 h[i] = c->has_bias ? a + bias[i] : a;
             }
             activate_all(h, H, c->act);
-            if (c->recurrent) memcpy(V + (tb + B) * D + NI, h, sizeof(REAL) * H);
+            if (c->recurrent) memcpy(V + (tb + b + 1) * D + NI, h, sizeof(REAL) * H);
             update_memory(c, W, lam, gam, F, Fn, presynaptic(c, v, h, ubuf), h,
                           c->normalise ? R + tb * H : NULL, c->post ? R2 + tb * H : NULL, NULL, 1);
             REAL *tmp = F;
@@ -144,113 +153,127 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
     free(ubuf);
 }
 
-/* The part of one step back for unit i that goes through its output and norm into row i of
- * dL/dF_t; g_hebb_i and pre_dot_i (= Σ_j Λ_ij dL/dP_ij F_ij) come from the first part. */
-static inline void row_backward(const Cfg *c, long i, const REAL *W, const REAL *lam,
-                                const REAL *F, const REAL *v, const REAL *h, const REAL *R,
-                                const REAL *S, const REAL *grad_out, REAL *gF, const REAL *gh,
-                                REAL *gW, REAL *gb, const REAL *gP, const REAL *gu, REAL *gv,
-                                REAL g_hebb_i, REAL pre_dot_i) {
-    const long D = c->D;
-    REAL *restrict gFi = gF + i * D, *restrict gWi = gW + i * D;
-    const REAL *restrict Fi = F + i * D, *restrict Wi = W + i * D;
-    const REAL *restrict li = lam + i * D, *restrict gPi = gP + i * D;
-    REAL g_total = grad_out[i] + gh[i] + g_hebb_i;
-    if (c->current && c->recurrent) g_total += gu[c->NI + i];
-    const REAL ga = g_total * activation_grad(h[i], c->act);
-    gb[i] += ga;
-    REAL gs = ga, coef = 0, inv = 1;
-    if (c->normalise) {
-        const REAL r = R[i], n = r + (REAL)c->eps;
-        gs = ga / n;
-        REAL gn = -ga * S[i] / (n * n);
-        if (!c->post) {
-            gn -= pre_dot_i / (n * n);
-            inv = 1 / n;
-        }
-        coef = gn / r;
-    }
-#pragma omp simd
-    for (long j = 0; j < D; j++) {
-        const REAL G = Wi[j] + Fi[j];
-        const REAL gG = gs * v[j] + coef * G;
-        gWi[j] += gG;
-        gv[j] += gs * G;
-        gFi[j] = gG + li[j] * gPi[j] * inv;
-    }
-}
+/* Rows are walked back in blocks of ROW_BLOCK: first the part of every row that needs only
+ * dL/dP (its sums over the row), then the per-unit scalars for the whole block at once (a
+ * vectorised loop, instead of a chain of divisions per row), then the part that needs those
+ * scalars. A block's rows stay in L1 between the passes. */
+#define ROW_BLOCK 8
 
 /* One step back for one sample. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
  * likewise carries dL/dh_t -> dL/dh_{t-1}. gW, gb, glam, ghebb (dL/d effective gamma) accumulate.
- * Each row is finished while it is in cache, except with presynaptic="current", where every
- * row's output gradient also needs the Hebbian gradient of u_t = [x_t; h_t] from all rows. */
+ * With presynaptic="current" every unit's output gradient also needs the Hebbian gradient of
+ * u_t = [x_t; h_t] from all rows, so the block is the whole layer. gP is a (block, D) buffer;
+ * g_hebb, pre_dot, gs, coef and pinv are (H) scratch. */
 static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
                           const REAL *F, const REAL *Fn, const unsigned char *mask, const REAL *v,
                           const REAL *u, const REAL *h, const REAL *R, const REAL *S,
                           const REAL *R2, const REAL *grad_out, REAL *gF, REAL *gh, REAL *gx,
                           REAL *gW, REAL *gb, REAL *glam, REAL *ghebb, REAL *gP, REAL *gu,
-                          REAL *gv, REAL *g_hebb, REAL *pre_dot) {
+                          REAL *gv, REAL *g_hebb, REAL *pre_dot, REAL *gs, REAL *coef,
+                          REAL *pinv) {
     const long H = c->H, D = c->D, NI = c->NI;
     const int pre_norm = c->normalise && !c->post, deferred = c->current && c->recurrent;
+    const int alias = !c->post && !(c->clamp > 0); /* dL/dP = dL/dF_{t+1}: read gF in place */
+    const long RB = deferred ? H : ROW_BLOCK;
+    const REAL eps = (REAL)c->eps;
     memset(gu, 0, sizeof(REAL) * D);
     memset(gv, 0, sizeof(REAL) * D);
-    for (long i = 0; i < H; i++) { /* dL/dP and everything that only needs it */
-        const REAL *restrict gFi = gF + i * D, *restrict Fi = F + i * D, *restrict Fni = Fn + i * D;
-        const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D, *restrict li = lam + i * D;
-        REAL *restrict gPi = gP + i * D, *restrict gWi = gW + i * D;
-        if (c->post) {
-            const REAL r2 = R2[i], n2 = r2 + (REAL)c->eps;
-            REAL dot = 0;
+    for (long i0 = 0; i0 < H; i0 += RB) {
+        const long i1 = i0 + RB < H ? i0 + RB : H;
+        for (long i = i0; i < i1; i++) { /* dL/dP and everything that only needs it */
+            const REAL *restrict gFi = gF + i * D, *restrict Fi = F + i * D;
+            const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D;
+            const REAL *restrict li = lam + i * D;
+            REAL *restrict gWi = gW + i * D;
+            REAL *restrict gPw = gP + (i - i0) * D;
+            if (c->post) {
+                const REAL *restrict Fni = Fn + i * D;
+                const REAL r2 = R2[i], n2 = r2 + eps;
+                REAL dot = 0;
 #pragma omp simd reduction(+ : dot)
-            for (long j = 0; j < D; j++) dot += gFi[j] * Fni[j];
-            const REAL k = dot / (n2 * r2), inv2 = 1 / n2;
+                for (long j = 0; j < D; j++) dot += gFi[j] * Fni[j];
+                const REAL k = dot / (n2 * r2), inv2 = 1 / n2;
 #pragma omp simd
-            for (long j = 0; j < D; j++) {
-                const REAL wc = Wi[j] + n2 * Fni[j];
-                gPi[j] = gFi[j] * inv2 - k * wc;
-                gWi[j] -= k * wc;
+                for (long j = 0; j < D; j++) {
+                    const REAL wc = Wi[j] + n2 * Fni[j];
+                    gPw[j] = gFi[j] * inv2 - k * wc;
+                    gWi[j] -= k * wc;
+                }
+                if (c->clamp > 0) {
+                    const unsigned char *restrict mi = mask + i * D;
+#pragma omp simd
+                    for (long j = 0; j < D; j++) gPw[j] = mi[j] ? gPw[j] : 0;
+                }
+            } else if (c->clamp > 0) {
+                const unsigned char *restrict mi = mask + i * D;
+#pragma omp simd
+                for (long j = 0; j < D; j++) gPw[j] = mi[j] ? gFi[j] : 0;
             }
-        } else {
-            memcpy(gPi, gFi, sizeof(REAL) * D);
-        }
-        if (c->clamp > 0) {
-            const unsigned char *restrict mi = mask + i * D;
-#pragma omp simd
-            for (long j = 0; j < D; j++) gPi[j] = mi[j] ? gPi[j] : 0;
-        }
-        const REAL hi = h[i], inv = pre_norm ? 1 / (R[i] + (REAL)c->eps) : 1;
-        REAL *restrict glami = glam + i * D, *restrict ghebbi = ghebb + i * D;
-        REAL acc = 0, dot = 0;
-        if (pre_norm) {
+            const REAL *restrict gPi = alias ? gFi : gPw;
+            const REAL hi = h[i], inv = pre_norm ? 1 / (R[i] + eps) : 1;
+            REAL *restrict glami = glam + i * D, *restrict ghebbi = ghebb + i * D;
+            REAL acc = 0, dot = 0;
+            if (pre_norm) {
 #pragma omp simd reduction(+ : acc, dot)
-            for (long j = 0; j < D; j++) {
-                const REAL gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
-                acc += gpg * u[j];
-                dot += li[j] * gpF;
-                gu[j] += gpg * hi;
-                ghebbi[j] += gp * (hi * u[j]);
-                glami[j] += gpF * inv;
-            }
-        } else {
+                for (long j = 0; j < D; j++) {
+                    const REAL gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
+                    acc += gpg * u[j];
+                    dot += li[j] * gpF;
+                    gu[j] += gpg * hi;
+                    ghebbi[j] += gp * (hi * u[j]);
+                    glami[j] += gpF * inv;
+                }
+            } else {
 #pragma omp simd reduction(+ : acc)
-            for (long j = 0; j < D; j++) {
-                const REAL gp = gPi[j], gpg = gp * gi[j];
-                acc += gpg * u[j];
-                gu[j] += gpg * hi;
-                ghebbi[j] += gp * (hi * u[j]);
-                glami[j] += gp * Fi[j];
+                for (long j = 0; j < D; j++) {
+                    const REAL gp = gPi[j], gpg = gp * gi[j];
+                    acc += gpg * u[j];
+                    gu[j] += gpg * hi;
+                    ghebbi[j] += gp * (hi * u[j]);
+                    glami[j] += gp * Fi[j];
+                }
+            }
+            g_hebb[i] = acc;
+            pre_dot[i] = dot;
+        }
+        /* Per unit: dL/da through the activation, then dL/ds and the norm's coefficient. */
+        const REAL *restrict gx_h = deferred ? gu + NI : NULL;
+#pragma omp simd
+        for (long i = i0; i < i1; i++) {
+            REAL g_total = grad_out[i] + gh[i] + g_hebb[i];
+            if (gx_h) g_total += gx_h[i];
+            const REAL ga = g_total * activation_grad(h[i], c->act);
+            gb[i] += ga;
+            if (c->normalise) {
+                const REAL r = R[i], n = r + eps, in = 1 / n;
+                gs[i] = ga * in;
+                REAL gn = -ga * S[i] * in * in;
+                if (!c->post) gn -= pre_dot[i] * in * in;
+                coef[i] = gn / r;
+                pinv[i] = c->post ? 1 : in;
+            } else {
+                gs[i] = ga;
+                coef[i] = 0;
+                pinv[i] = 1;
             }
         }
-        g_hebb[i] = acc;
-        pre_dot[i] = dot;
-        if (!deferred)
-            row_backward(c, i, W, lam, F, v, h, R, S, grad_out, gF, gh, gW, gb, gP, gu, gv, acc,
-                         dot);
+        for (long i = i0; i < i1; i++) { /* the part through the output and the norm */
+            REAL *gFi = gF + i * D; /* may alias gPi: each element is read before written */
+            const REAL *gPi = alias ? gFi : gP + (i - i0) * D;
+            REAL *restrict gWi = gW + i * D;
+            const REAL *restrict Fi = F + i * D, *restrict Wi = W + i * D;
+            const REAL *restrict li = lam + i * D;
+            const REAL gsi = gs[i], ci = coef[i], pi = pinv[i];
+#pragma omp simd
+            for (long j = 0; j < D; j++) {
+                const REAL G = Wi[j] + Fi[j];
+                const REAL gG = gsi * v[j] + ci * G;
+                gWi[j] += gG;
+                gv[j] += gsi * G;
+                gFi[j] = gG + li[j] * gPi[j] * pi;
+            }
+        }
     }
-    if (deferred)
-        for (long i = 0; i < H; i++)
-            row_backward(c, i, W, lam, F, v, h, R, S, grad_out, gF, gh, gW, gb, gP, gu, gv,
-                         g_hebb[i], pre_dot[i]);
     if (deferred) {
         for (long j = 0; j < NI; j++) gx[j] = gv[j] + gu[j];
         memcpy(gh, gv + NI, sizeof(REAL) * H);
@@ -260,38 +283,43 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
         if (c->recurrent) memcpy(gh, gv + NI, sizeof(REAL) * H);
     }
 }
-
+/* grad_F (B,H,D) is dL/dF_T, or NULL for zero; gF receives dL/dF_0 and gh dL/dh_{-1}. */
 void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
                    const REAL *gam, const REAL *ckpt, const REAL *V, const REAL *out,
-                   const REAL *R, const REAL *S, const REAL *R2, const REAL *grad_out, REAL *gF,
-                   REAL *gh, REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
-    const long B = c->B, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
-    REAL *ws = malloc(sizeof(REAL) * HD * (K + 1)), *gP = malloc(sizeof(REAL) * HD);
+                   const REAL *R, const REAL *S, const REAL *R2, const REAL *grad_out,
+                   const REAL *grad_F, REAL *gF, REAL *gh, REAL *gx, REAL *gW, REAL *gb,
+                   REAL *glam, REAL *ghebb) {
+    const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
+    const long n_ckpt = (T + K - 1) / K;
+    const int deferred = c->current && c->recurrent;
+    REAL *ws = scratch(HD * (K + 1)), *gP = scratch(deferred ? HD : ROW_BLOCK * D);
     unsigned char *mask = c->clamp > 0 ? malloc(HD * K) : NULL;
-    REAL *gu = malloc(sizeof(REAL) * D), *gv = malloc(sizeof(REAL) * D);
-    REAL *ubuf = malloc(sizeof(REAL) * D), *g_hebb = malloc(sizeof(REAL) * H);
-    REAL *pre_dot = malloc(sizeof(REAL) * H);
+    REAL *gu = scratch(D), *gv = scratch(D), *ubuf = scratch(D), *g_hebb = scratch(H);
+    REAL *pre_dot = scratch(H), *gs = scratch(H), *coef = scratch(H), *pinv = scratch(H);
     const REAL *noR = NULL;
     for (long b = b0; b < b1; b++) {
-        for (long t0 = ((c->T - 1) / K) * K; t0 >= 0; t0 -= K) {
-            const long t1 = t0 + K < c->T ? t0 + K : c->T;
-            memcpy(ws, ckpt + ((t0 / K) * B + b) * HD, sizeof(REAL) * HD);
+        if (grad_F) memcpy(gF + b * HD, grad_F + b * HD, sizeof(REAL) * HD);
+        else memset(gF + b * HD, 0, sizeof(REAL) * HD);
+        memset(gh + b * H, 0, sizeof(REAL) * H);
+        for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
+            const long t1 = t0 + K < T ? t0 + K : T;
+            memcpy(ws, ckpt + (b * n_ckpt + t0 / K) * HD, sizeof(REAL) * HD);
             for (long t = t0; t < t1; t++) { /* recompute F over the chunk, with the clamp mask */
-                const long tb = t * B + b;
+                const long tb = b * T + t;
                 update_memory(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
-                              presynaptic(c, V + tb * D, out + tb * H, ubuf), out + tb * H,
+                              presynaptic(c, V + (tb + b) * D, out + tb * H, ubuf), out + tb * H,
                               c->normalise ? R + tb * H : noR, c->post ? (REAL *)R2 + tb * H : NULL,
                               mask ? mask + (t - t0) * HD : NULL, 0);
             }
             for (long t = t1 - 1; t >= t0; t--) {
-                const long tb = t * B + b;
-                const REAL *v = V + tb * D, *h = out + tb * H;
+                const long tb = b * T + t;
+                const REAL *v = V + (tb + b) * D, *h = out + tb * H;
                 step_backward(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
                               mask ? mask + (t - t0) * HD : NULL, v, presynaptic(c, v, h, ubuf), h,
                               c->normalise ? R + tb * H : noR, S + tb * H,
                               c->post ? R2 + tb * H : NULL, grad_out + tb * H, gF + b * HD,
                               gh + b * H, gx + tb * NI, gW, gb, glam, ghebb, gP, gu, gv, g_hebb,
-                              pre_dot);
+                              pre_dot, gs, coef, pinv);
             }
         }
     }
@@ -303,4 +331,7 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     free(ubuf);
     free(g_hebb);
     free(pre_dot);
+    free(gs);
+    free(coef);
+    free(pinv);
 }
