@@ -91,6 +91,31 @@ def test_fast_equals_reference(backend: str, name: str, cls: type[STPN], with_st
     assert any(g.abs().max() > 0 for g in grads_f)
 
 
+def test_parameter_grads_without_input_or_state_grads(backend: str) -> None:
+    """The usual training call: neither ``x`` nor the state needs a gradient (the C backward
+    then skips writing them); the parameters' gradients must not change."""
+    fast, reference = pair(STPN, **OPTIONS["maze"])
+    x = torch.randn(3, T_LONG, 5, dtype=DOUBLE)
+    zero = fast.initial_state(3)
+    state = STPNState(torch.randn_like(zero.h), 0.3 * torch.randn_like(zero.F), None)
+    grads = []
+    for model in (fast, reference):
+        out, final = model(x, state)
+        loss = out.square().sum() + final.F.sum()
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for got, want in zip(*grads, strict=True):
+        assert_close(got, want)
+
+
+def test_inplace_change_of_output_is_caught(backend: str) -> None:
+    """The backward reads the output buffer in place, so changing it must raise, not corrupt."""
+    fast, _ = pair(STPN)
+    out, _ = fast(torch.randn(2, 5, 5, dtype=DOUBLE))
+    out.mul_(2)
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.sum().backward()
+
+
 def test_time_major_layout(backend: str) -> None:
     fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
     fast.batch_first = reference.batch_first = False

@@ -70,7 +70,7 @@ def _torch_forward(
 
 
 def _torch_backward(
-    record: _TorchRecord, grad_out: Tensor, grad_F: Tensor | None, *args: Any
+    record: _TorchRecord, grad_out: Tensor, grad_F: Tensor | None, *args: Any, **_: bool
 ) -> tuple[Any, ...]:
     if grad_F is None:
         grad_F = torch.zeros_like(record.F_final)
@@ -82,8 +82,9 @@ class _STPNSequence(torch.autograd.Function):
     """``(x (B,T,I), h0, F0, W, b, Λ, Γ) -> (outputs (B,T,H), F_T)``, hand-written backward.
 
     Batch-major throughout, like the module's input and output, so no transposed copies are
-    made. With one chunk the output is the C loop's own buffer (saved for the backward, so an
-    in-place change of it raises there instead of corrupting the gradient).
+    made. With one chunk the output is the C loop's own buffer, and the backward reads it, the
+    input and the initial state in place: all are saved for the backward, so an in-place
+    change of any of them raises there instead of corrupting the gradient.
     """
 
     @staticmethod
@@ -108,13 +109,13 @@ class _STPNSequence(torch.autograd.Function):
                 outputs.append(saved.out)
                 h, F_final = saved.out[:, -1].clone(), saved.F_final
             out = torch.cat(outputs, dim=1)
-        ctx.save_for_backward(x, W, b, lam, gam, out if ctx.starts is None else None)
+        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, out if ctx.starts is None else None)
         return out, F_final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
-        x, W, b, lam, gam, _ = ctx.saved_tensors  # checks that the saved output is unchanged
+        x, _, _, W, b, lam, gam, _ = ctx.saved_tensors  # checks that nothing saved changed
         cfg, every = ctx.cfg, ctx.every
         B, T, input_size = x.shape
         if grad_out is None:
@@ -125,7 +126,8 @@ class _STPNSequence(torch.autograd.Function):
         )
         if ctx.starts is None:
             gx, gh, gF, *grads = walk_back(
-                ctx.saved, grad_out, grad_F, W, b, lam, gam, cfg, input_size
+                ctx.saved, grad_out, grad_F, W, b, lam, gam, cfg, input_size,
+                need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
             )
             return None, None, gx, gh if cfg.recurrent else None, gF, *grads
         gF, gh, pieces = grad_F, None, []

@@ -112,8 +112,8 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
         return None
     if lib is not None:  # declared once, so calls pass plain ints without wrapper objects
         head = [ctypes.POINTER(_Cfg), ctypes.c_long, ctypes.c_long]
-        lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 12
-        lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 18
+        lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 13
+        lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 20
         lib.stpn_forward.restype = lib.stpn_backward.restype = None
     return lib
 
@@ -143,11 +143,14 @@ def _plastic(lam: Tensor, gam: Tensor, shape: torch.Size, cfg: Config) -> tuple[
 
 @dataclass
 class NativeSaved:
-    """What the C forward keeps (batch-major): the memory every ``K`` steps and the small
-    per-step arrays. ``out`` is the layer's output itself; ``F_final`` is not read back."""
+    """What the C forward keeps (batch-major): the inputs, the memory every ``K`` steps after
+    the first and the small per-step arrays. ``out`` is the layer's output itself (it also gives
+    the presynaptic vectors); ``F_final`` is not read back."""
 
-    checkpoints: Tensor  # (B, ceil(T/K), H, D)
-    V: Tensor  # (B, T+1, D)
+    x: Tensor  # (B, T, I)
+    h0: Tensor  # (B, H)
+    F0: Tensor  # (B, H, D)
+    checkpoints: Tensor  # (B, ceil(T/K) - 1, H, D): F at t = K, 2K, ...
     out: Tensor  # (B, T, H)
     R: Tensor | None
     S: Tensor
@@ -185,21 +188,17 @@ def forward(
     cfg: Config,
 ) -> NativeSaved:
     """The sequence forward in C over ``x`` ``(B, T, I)``: outputs ``(B, T, H)``, final memory
-    and what :func:`backward` needs. Every buffer is left uninitialised where C writes it."""
+    and what :func:`backward` needs. Buffers are left uninitialised: C writes all of them."""
     B, T, I = x.shape  # noqa: E741
     H, D = W.shape
     every = max(1, min(T, CHECKPOINT_EVERY))
     opts = {"device": x.device, "dtype": x.dtype}
-    V = torch.empty(B, T + 1, D, **opts)  # input part of slot T: never read
-    V[:, :T, :I] = x
-    if cfg.recurrent:
-        V[:, 0, I:] = h0
     out, S = torch.empty(B, T, H, **opts), torch.empty(B, T, H, **opts)
     R = torch.empty(B, T, H, **opts) if cfg.normalise else None
     R2 = torch.empty(B, T, H, **opts) if cfg.post else None
-    checkpoints = torch.empty(B, -(-T // every), H, D, **opts)
+    checkpoints = torch.empty(B, -(-T // every) - 1, H, D, **opts)
     F_final = torch.empty(B, H, D, **opts)
-    F0 = F0.contiguous()
+    x, h0, F0 = x.contiguous(), h0.contiguous(), F0.contiguous()
     W, (lam, gam) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
     b = None if b is None else b.contiguous()
     c = _cfg(cfg, (T, B, I, H, D, every), b is not None)
@@ -207,25 +206,28 @@ def forward(
 
     def call(_: int, b0: int, b1: int) -> None:
         run(
-            ctypes.byref(c), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(gam), _ptr(F0), _ptr(V),
-            _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(checkpoints), _ptr(F_final),
+            ctypes.byref(c), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(gam), _ptr(F0), _ptr(x),
+            _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(checkpoints), _ptr(F_final),
         )
 
     _parallel(_batch_ranges(B, B * H * D * T), call)
-    return NativeSaved(checkpoints, V, out, R, S, R2, F_final, every)
+    return NativeSaved(x, h0, F0, checkpoints, out, R, S, R2, F_final, every)
 
 
 def backward(
     saved: NativeSaved, grad_out: Tensor, grad_F: Tensor | None, W: Tensor, b: Tensor | None,
-    lam: Tensor, gam: Tensor, cfg: Config, input_size: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    lam: Tensor, gam: Tensor, cfg: Config, input_size: int, need_x: bool = True,
+    need_F: bool = True,
+) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor]:
     """Gradients of ``x`` ``(B, T, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C, from
-    ``grad_out`` ``(B, T, H)`` and ``grad_F`` (``None``: zero)."""
+    ``grad_out`` ``(B, T, H)`` and ``grad_F`` (``None``: zero). Those of ``x`` and ``F0`` are
+    ``None`` unless ``need_x`` / ``need_F`` (nothing is allocated or written for them)."""
     B, T, H = saved.out.shape
     D = W.shape[1]
     opts = {"device": W.device, "dtype": W.dtype}
-    gF, gh = torch.empty(B, H, D, **opts), torch.empty(B, H, **opts)  # C initialises both
-    gx = torch.empty(B, T, input_size, **opts)
+    gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
+    gF = torch.empty(B, H, D, **opts) if need_F else None
+    gx = torch.empty(B, T, input_size, **opts) if need_x else None
     ranges = _batch_ranges(B, B * H * D * T)
     # One set of accumulators per thread: (W, Λ, Γe, b), summed afterwards.
     acc = torch.zeros(len(ranges), 3 * H * D + H, **opts)
@@ -238,10 +240,10 @@ def backward(
     def call(k: int, b0: int, b1: int) -> None:
         gW, gb, g_lam, g_hebb = _split_accumulators(acc[k], H, D)
         run(
-            ctypes.byref(c), b0, b1, _ptr(W), _ptr(lam_hd), _ptr(gam_hd),
-            _ptr(saved.checkpoints), _ptr(saved.V), _ptr(saved.out), _ptr(saved.R),
-            _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh),
-            _ptr(gx), _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
+            ctypes.byref(c), b0, b1, _ptr(W), _ptr(lam_hd), _ptr(gam_hd), _ptr(saved.F0),
+            _ptr(saved.checkpoints), _ptr(saved.x), _ptr(saved.h0), _ptr(saved.out),
+            _ptr(saved.R), _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(grad_F),
+            _ptr(gF), _ptr(gh), _ptr(gx), _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
         )
 
     _parallel(ranges, call)

@@ -9,11 +9,13 @@
  * documents the notation. Samples [b0, b1) only, so callers can split the batch across threads.
  *
  * REAL is float or double (-DREAL=...). Arrays are contiguous and batch-major, so one sample's
- * sequence is one contiguous block and the torch side needs no transposes: V (B,T+1,D) with
- * v_t = V[b,t] (the hidden part of V[b,t+1] is h_t when recurrent), out/R/S/R2 and the output
- * gradient (B,T,H), the input gradient (B,T,NI), checkpoints (B,ceil(T/K),H,D). lam and gam are
- * (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so
- * the loops need no branch on the update.
+ * sequence is one contiguous block and the torch side needs no transposes: x and its gradient
+ * (B,T,NI), h0 (B,H), out/R/S/R2 and the output gradient (B,T,H), F0 (B,H,D), checkpoints
+ * (B,ceil(T/K)-1,H,D) (F at t = K, 2K, ...; F0 is the one at t = 0). The presynaptic vector
+ * v_t = [x_t; h_{t-1}] is assembled per step from x, h0 and out, instead of being stored. lam and
+ * gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since Λ⊙(M + Γ⊙Δ) =
+ * Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated output memory costs
+ * a page fault per 4 KiB on first touch, so nothing is stored that can be rebuilt cheaply.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,16 @@ static inline REAL activation_grad(REAL h, int act) {
     case 2: return h > 0 ? 1 : 0;
     default: return 1;
     }
+}
+
+/* v_t = [x_t; h_{t-1}] of sample b (x_t alone for a feed-forward layer), in buf if needed. */
+static const REAL *presynaptic_prev(const Cfg *c, const REAL *x, const REAL *h0, const REAL *out,
+                                    long b, long t, REAL *buf) {
+    const REAL *xt = x + (b * c->T + t) * c->NI;
+    if (!c->recurrent) return xt;
+    memcpy(buf, xt, sizeof(REAL) * c->NI);
+    memcpy(buf + c->NI, t ? out + (b * c->T + t - 1) * c->H : h0 + b * c->H, sizeof(REAL) * c->H);
+    return buf;
 }
 
 /* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). */
@@ -107,18 +119,19 @@ static void update_memory(const Cfg *c, const REAL *W, const REAL *lam, const RE
 }
 
 void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
-                  const REAL *lam, const REAL *gam, const REAL *F0, REAL *V, REAL *out, REAL *R,
-                  REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-    const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D;
-    const long n_ckpt = (T + c->K - 1) / c->K;
-    REAL *Fa = scratch(HD), *Fb = scratch(HD), *ubuf = scratch(D);
+                  const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
+                  REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
+    const long T = c->T, H = c->H, D = c->D, HD = c->H * c->D;
+    const long n_ckpt = (T + c->K - 1) / c->K - 1;
+    REAL *Fa = scratch(HD), *Fb = scratch(HD), *ubuf = scratch(D), *vbuf = scratch(D);
     for (long b = b0; b < b1; b++) {
         REAL *F = Fa, *Fn = Fb;
         memcpy(F, F0 + b * HD, sizeof(REAL) * HD);
         for (long t = 0; t < T; t++) {
             const long tb = b * T + t; /* (b, t) in the (B,T,.) arrays */
-            if (t % c->K == 0) memcpy(ckpt + (b * n_ckpt + t / c->K) * HD, F, sizeof(REAL) * HD);
-            const REAL *v = V + (tb + b) * D; /* V[b, t] */
+            if (t > 0 && t % c->K == 0)
+                memcpy(ckpt + (b * n_ckpt + t / c->K - 1) * HD, F, sizeof(REAL) * HD);
+            const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf);
             REAL *h = out + tb * H;
             for (long i = 0; i < H; i++) {
                 const REAL *restrict Wi = W + i * D, *restrict Fi = F + i * D;
@@ -139,7 +152,6 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
                 h[i] = c->has_bias ? a + bias[i] : a;
             }
             activate_all(h, H, c->act);
-            if (c->recurrent) memcpy(V + (tb + b + 1) * D + NI, h, sizeof(REAL) * H);
             update_memory(c, W, lam, gam, F, Fn, presynaptic(c, v, h, ubuf), h,
                           c->normalise ? R + tb * H : NULL, c->post ? R2 + tb * H : NULL, NULL, 1);
             REAL *tmp = F;
@@ -151,6 +163,7 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
     free(Fa);
     free(Fb);
     free(ubuf);
+    free(vbuf);
 }
 
 /* Rows are walked back in blocks of ROW_BLOCK: first the part of every row that needs only
@@ -275,50 +288,57 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
         }
     }
     if (deferred) {
-        for (long j = 0; j < NI; j++) gx[j] = gv[j] + gu[j];
+        if (gx)
+            for (long j = 0; j < NI; j++) gx[j] = gv[j] + gu[j];
         memcpy(gh, gv + NI, sizeof(REAL) * H);
     } else {
         for (long j = 0; j < D; j++) gv[j] += gu[j];
-        memcpy(gx, gv, sizeof(REAL) * NI);
+        if (gx) memcpy(gx, gv, sizeof(REAL) * NI);
         if (c->recurrent) memcpy(gh, gv + NI, sizeof(REAL) * H);
     }
 }
-/* grad_F (B,H,D) is dL/dF_T, or NULL for zero; gF receives dL/dF_0 and gh dL/dh_{-1}. */
+
+/* grad_F (B,H,D) is dL/dF_T, or NULL for zero; gF receives dL/dF_0 and gh dL/dh_{-1}, gx
+ * dL/dx. gF and gx may be NULL when those gradients are not wanted. */
 void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
-                   const REAL *gam, const REAL *ckpt, const REAL *V, const REAL *out,
-                   const REAL *R, const REAL *S, const REAL *R2, const REAL *grad_out,
-                   const REAL *grad_F, REAL *gF, REAL *gh, REAL *gx, REAL *gW, REAL *gb,
-                   REAL *glam, REAL *ghebb) {
+                   const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
+                   const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
+                   const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
+                   REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
     const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
-    const long n_ckpt = (T + K - 1) / K;
+    const long n_ckpt = (T + K - 1) / K - 1;
     const int deferred = c->current && c->recurrent;
     REAL *ws = scratch(HD * (K + 1)), *gP = scratch(deferred ? HD : ROW_BLOCK * D);
     unsigned char *mask = c->clamp > 0 ? malloc(HD * K) : NULL;
-    REAL *gu = scratch(D), *gv = scratch(D), *ubuf = scratch(D), *g_hebb = scratch(H);
+    REAL *gu = scratch(D), *gv = scratch(D), *ubuf = scratch(D), *vbuf = scratch(D);
+    REAL *g_hebb = scratch(H), *gF_own = gF ? NULL : scratch(HD);
     REAL *pre_dot = scratch(H), *gs = scratch(H), *coef = scratch(H), *pinv = scratch(H);
     const REAL *noR = NULL;
     for (long b = b0; b < b1; b++) {
-        if (grad_F) memcpy(gF + b * HD, grad_F + b * HD, sizeof(REAL) * HD);
-        else memset(gF + b * HD, 0, sizeof(REAL) * HD);
+        REAL *gFb = gF ? gF + b * HD : gF_own;
+        if (grad_F) memcpy(gFb, grad_F + b * HD, sizeof(REAL) * HD);
+        else memset(gFb, 0, sizeof(REAL) * HD);
         memset(gh + b * H, 0, sizeof(REAL) * H);
         for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
             const long t1 = t0 + K < T ? t0 + K : T;
-            memcpy(ws, ckpt + (b * n_ckpt + t0 / K) * HD, sizeof(REAL) * HD);
+            const REAL *start = t0 ? ckpt + (b * n_ckpt + t0 / K - 1) * HD : F0 + b * HD;
+            memcpy(ws, start, sizeof(REAL) * HD);
             for (long t = t0; t < t1; t++) { /* recompute F over the chunk, with the clamp mask */
                 const long tb = b * T + t;
+                const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf);
                 update_memory(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
-                              presynaptic(c, V + (tb + b) * D, out + tb * H, ubuf), out + tb * H,
+                              presynaptic(c, v, out + tb * H, ubuf), out + tb * H,
                               c->normalise ? R + tb * H : noR, c->post ? (REAL *)R2 + tb * H : NULL,
                               mask ? mask + (t - t0) * HD : NULL, 0);
             }
             for (long t = t1 - 1; t >= t0; t--) {
                 const long tb = b * T + t;
-                const REAL *v = V + (tb + b) * D, *h = out + tb * H;
+                const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf), *h = out + tb * H;
                 step_backward(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
                               mask ? mask + (t - t0) * HD : NULL, v, presynaptic(c, v, h, ubuf), h,
                               c->normalise ? R + tb * H : noR, S + tb * H,
-                              c->post ? R2 + tb * H : NULL, grad_out + tb * H, gF + b * HD,
-                              gh + b * H, gx + tb * NI, gW, gb, glam, ghebb, gP, gu, gv, g_hebb,
+                              c->post ? R2 + tb * H : NULL, grad_out + tb * H, gFb, gh + b * H,
+                              gx ? gx + tb * NI : NULL, gW, gb, glam, ghebb, gP, gu, gv, g_hebb,
                               pre_dot, gs, coef, pinv);
             }
         }
@@ -329,6 +349,8 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     free(gu);
     free(gv);
     free(ubuf);
+    free(vbuf);
+    free(gF_own);
     free(g_hebb);
     free(pre_dot);
     free(gs);
