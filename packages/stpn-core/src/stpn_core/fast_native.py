@@ -145,8 +145,14 @@ def _plastic(lam: Tensor, gam: Tensor, shape: torch.Size, cfg: Config) -> tuple[
 class NativeSaved:
     """What the C forward keeps (batch-major): the inputs, the memory every ``K`` steps after
     the first and the small per-step arrays. ``out`` is the layer's output itself (it also gives
-    the presynaptic vectors); ``F_final`` is not read back."""
+    the presynaptic vectors); ``F_final`` is not read back. The C view of the configuration and
+    parameters and the batch split are kept too, so the backward does not rebuild them."""
 
+    c: _Cfg
+    ranges: list[tuple[int, int]]
+    W: Tensor  # contiguous (H, D), and Λ, Γe expanded to it
+    lam: Tensor
+    gam: Tensor
     x: Tensor  # (B, T, I)
     h0: Tensor  # (B, H)
     F0: Tensor  # (B, H, D)
@@ -156,7 +162,6 @@ class NativeSaved:
     S: Tensor
     R2: Tensor | None
     F_final: Tensor  # (B, H, D)
-    every: int
 
 
 def _batch_ranges(batch: int, work: int) -> list[tuple[int, int]]:
@@ -202,6 +207,7 @@ def forward(
     W, (lam, gam) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
     b = None if b is None else b.contiguous()
     c = _cfg(cfg, (T, B, I, H, D, every), b is not None)
+    ranges = _batch_ranges(B, B * H * D * T)
     run = library(x.dtype).stpn_forward
 
     def call(_: int, b0: int, b1: int) -> None:
@@ -210,8 +216,8 @@ def forward(
             _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(checkpoints), _ptr(F_final),
         )
 
-    _parallel(_batch_ranges(B, B * H * D * T), call)
-    return NativeSaved(x, h0, F0, checkpoints, out, R, S, R2, F_final, every)
+    _parallel(ranges, call)
+    return NativeSaved(c, ranges, W, lam, gam, x, h0, F0, checkpoints, out, R, S, R2, F_final)
 
 
 def backward(
@@ -221,37 +227,31 @@ def backward(
 ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor]:
     """Gradients of ``x`` ``(B, T, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C, from
     ``grad_out`` ``(B, T, H)`` and ``grad_F`` (``None``: zero). Those of ``x`` and ``F0`` are
-    ``None`` unless ``need_x`` / ``need_F`` (nothing is allocated or written for them)."""
+    ``None`` unless ``need_x`` / ``need_F`` (nothing is allocated or written for them).
+    ``W``, ``Λ``, ``Γ`` are the forward's (their C views are taken from ``saved``)."""
     B, T, H = saved.out.shape
-    D = W.shape[1]
+    D, HD = W.shape[1], W.numel()
     opts = {"device": W.device, "dtype": W.dtype}
     gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
     gF = torch.empty(B, H, D, **opts) if need_F else None
     gx = torch.empty(B, T, input_size, **opts) if need_x else None
-    ranges = _batch_ranges(B, B * H * D * T)
-    # One set of accumulators per thread: (W, Λ, Γe, b), summed afterwards.
-    acc = torch.zeros(len(ranges), 3 * H * D + H, **opts)
-    W, (lam_hd, gam_hd) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
+    # One row of accumulators per thread: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
+    acc = torch.zeros(len(saved.ranges), 3 * HD + H, **opts)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
     grad_F = None if grad_F is None else grad_F.contiguous()
-    c = _cfg(cfg, (T, B, input_size, H, D, saved.every), b is not None)
-    run = library(W.dtype).stpn_backward
+    s, run, item = saved, library(W.dtype).stpn_backward, acc.element_size()
 
     def call(k: int, b0: int, b1: int) -> None:
-        gW, gb, g_lam, g_hebb = _split_accumulators(acc[k], H, D)
+        row = acc.data_ptr() + k * acc.stride(0) * item
         run(
-            ctypes.byref(c), b0, b1, _ptr(W), _ptr(lam_hd), _ptr(gam_hd), _ptr(saved.F0),
-            _ptr(saved.checkpoints), _ptr(saved.x), _ptr(saved.h0), _ptr(saved.out),
-            _ptr(saved.R), _ptr(saved.S), _ptr(saved.R2), _ptr(grad_out), _ptr(grad_F),
-            _ptr(gF), _ptr(gh), _ptr(gx), _ptr(gW), _ptr(gb), _ptr(g_lam), _ptr(g_hebb),
+            ctypes.byref(s.c), b0, b1, _ptr(s.W), _ptr(s.lam), _ptr(s.gam), _ptr(s.F0),
+            _ptr(s.checkpoints), _ptr(s.x), _ptr(s.h0), _ptr(s.out), _ptr(s.R), _ptr(s.S),
+            _ptr(s.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx), row,
+            row + 3 * HD * item, row + HD * item, row + 2 * HD * item,
         )
 
-    _parallel(ranges, call)
-    gW, gb, g_lam, g_hebb = _split_accumulators(acc[0] if len(ranges) == 1 else acc.sum(0), H, D)
+    _parallel(saved.ranges, call)
+    total = acc[0] if len(saved.ranges) == 1 else acc.sum(0)
+    gW, g_lam, g_hebb = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
     g_lam, g_gam = finish_plastic_grads(g_lam, g_hebb, lam, gam, cfg)
-    return gx, gh, gF, gW, gb if b is not None else None, g_lam, g_gam
-
-
-def _split_accumulators(flat: Tensor, H: int, D: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    gW, g_lam, g_hebb, gb = torch.split(flat, [H * D, H * D, H * D, H])
-    return gW.view(H, D), gb, g_lam.view(H, D), g_hebb.view(H, D)
+    return gx, gh, gF, gW, total[3 * HD :] if b is not None else None, g_lam, g_gam
