@@ -14,7 +14,15 @@ import torch
 from stpn_core import STPN, STPNLinear, STPNState, fast_native
 
 DOUBLE = torch.float64
-T_LONG = 2 * fast_native.CHECKPOINT_EVERY + 5  # three checkpoint chunks, the last one partial
+K_TEST = 8
+T_LONG = 2 * K_TEST + 5  # three checkpoint chunks of the C loop, the last one partial
+
+
+@pytest.fixture(autouse=True)
+def small_checkpoint_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smallest workspace budget: the C loop stores a memory every K_TEST steps."""
+    monkeypatch.setattr(fast_native, "CHECKPOINT_BYTES", 0)
+    assert fast_native.checkpoint_every(100, 4, 9, 8) == K_TEST
 
 OPTIONS = {
     "default": {},
