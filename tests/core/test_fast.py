@@ -124,6 +124,25 @@ def test_inplace_change_of_output_is_caught(backend: str) -> None:
         out.sum().backward()
 
 
+@pytest.mark.parametrize("name", ["default", "maze", "current"])
+def test_wide_rows_equal_reference(backend: str, name: str) -> None:
+    """Rows of D = 16 (a multiple of fast_native.WIDE_ROWS) run on the 512-bit build."""
+    assert (12 + 4) % fast_native.WIDE_ROWS == 0
+    fast = STPN(12, 4, implementation="fast", dtype=DOUBLE, **OPTIONS[name])
+    reference = STPN(12, 4, implementation="reference", dtype=DOUBLE, **OPTIONS[name])
+    with torch.no_grad():
+        fast.weight_gamma.mul_(300)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(3, T_LONG, 12, dtype=DOUBLE, requires_grad=True)
+    state = random_state(fast, 3)
+    out_f, final_f, grads_f = loss_and_grads(fast, x, state)
+    out_r, final_r, grads_r = loss_and_grads(reference, x, state)
+    assert_close(out_f, out_r)
+    assert_close(final_f.F, final_r.F)
+    for got, want in zip(grads_f, grads_r, strict=True):
+        assert_close(got, want)
+
+
 def test_time_major_layout(backend: str) -> None:
     fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
     fast.batch_first = reference.batch_first = False
