@@ -7,7 +7,9 @@ ops it falls back to; ``backend`` selects one by telling the dispatcher whether 
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -141,6 +143,21 @@ def test_wide_rows_equal_reference(backend: str, name: str) -> None:
     assert_close(final_f.F, final_r.F)
     for got, want in zip(grads_f, grads_r, strict=True):
         assert_close(got, want)
+
+
+def test_outputs_are_freed_without_the_garbage_collector(backend: str) -> None:
+    """No reference cycle through the autograd node: a training step's buffers are freed as
+    soon as the caller drops them (a cycle held them until a garbage collection)."""
+    fast, _ = pair(STPN)
+    gc.disable()
+    try:
+        out, final = fast(torch.randn(2, 5, 5, dtype=DOUBLE))
+        (out.sum() + final.F.sum()).backward()
+        refs = [weakref.ref(out), weakref.ref(final.F)]
+        del out, final
+        assert all(ref() is None for ref in refs)
+    finally:
+        gc.enable()
 
 
 def test_time_major_layout(backend: str) -> None:

@@ -73,7 +73,7 @@ def _torch_backward(
     record: _TorchRecord, grad_out: Tensor, grad_F: Tensor | None, *args: Any, **_: bool
 ) -> tuple[Any, ...]:
     if grad_F is None:
-        grad_F = torch.zeros_like(record.F_final)
+        grad_F = torch.zeros_like(record.saved.F_final)
     gx, *rest = backward_loop(record.saved, grad_out.transpose(0, 1), grad_F, *args)
     return gx.transpose(0, 1), *rest
 
@@ -100,6 +100,10 @@ class _STPNSequence(torch.autograd.Function):
             ctx.saved = run(x, h0, F0, W, b, lam, gam, cfg)
             ctx.starts = None
             out, F_final = ctx.saved.out, ctx.saved.F_final
+            # Not kept here: out -> grad_fn -> ctx -> record -> out would be a reference cycle,
+            # freed only by the garbage collector (memory and page faults piled up until then).
+            # Autograd keeps ``out`` (saved below) without one.
+            ctx.saved.out = ctx.saved.F_final = None
         else:  # keep only each chunk's starting state; the chunk is recomputed in the backward
             outputs, ctx.starts, ctx.saved = [], [], None
             h, F_final = h0, F0
@@ -115,7 +119,7 @@ class _STPNSequence(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
-        x, _, _, W, b, lam, gam, _ = ctx.saved_tensors  # checks that nothing saved changed
+        x, _, _, W, b, lam, gam, out = ctx.saved_tensors  # checks that nothing saved changed
         cfg, every = ctx.cfg, ctx.every
         B, T, input_size = x.shape
         if grad_out is None:
@@ -125,10 +129,12 @@ class _STPNSequence(torch.autograd.Function):
             else (_torch_forward, _torch_backward)
         )
         if ctx.starts is None:
+            ctx.saved.out = out  # for this call only (see forward)
             gx, gh, gF, *grads = walk_back(
                 ctx.saved, grad_out, grad_F, W, b, lam, gam, cfg, input_size,
                 need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
             )
+            ctx.saved.out = None
             return None, None, gx, gh if cfg.recurrent else None, gF, *grads
         gF, gh, pieces = grad_F, None, []
         grad_params: list[Tensor | None] = [None, None, None, None]
