@@ -49,11 +49,11 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return request.param
 
 
-def pair(cls: type[STPN], **options: object) -> tuple[STPN, STPN]:
+def pair(cls: type[STPN], inputs: int = 5, **options: object) -> tuple[STPN, STPN]:
     """A fast and a reference module with the same parameters; Γ scaled up so the memory
     matters (and the clamp binds) within a few steps."""
-    fast = cls(5, 4, implementation="fast", dtype=DOUBLE, **options)
-    reference = cls(5, 4, implementation="reference", dtype=DOUBLE, **options)
+    fast = cls(inputs, 4, implementation="fast", dtype=DOUBLE, **options)
+    reference = cls(inputs, 4, implementation="reference", dtype=DOUBLE, **options)
     with torch.no_grad():
         fast.weight_gamma.mul_(300)
     reference.load_state_dict(fast.state_dict())
@@ -87,8 +87,11 @@ def assert_close(got, want) -> None:
 @pytest.mark.parametrize("cls", [STPN, STPNLinear])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_fast_equals_reference(backend: str, name: str, cls: type[STPN], with_state: bool) -> None:
-    fast, reference = pair(cls, **OPTIONS[name])
-    x = torch.randn(3, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+    assert_matches_reference(*pair(cls, **OPTIONS[name]), with_state)
+
+
+def assert_matches_reference(fast: STPN, reference: STPN, with_state: bool) -> None:
+    x = torch.randn(3, T_LONG, fast.input_size, dtype=DOUBLE, requires_grad=True)
     state = random_state(fast, 3) if with_state else None
     out_f, final_f, grads_f = loss_and_grads(fast, x, state)
     out_r, final_r, grads_r = loss_and_grads(reference, x, state)
@@ -130,19 +133,7 @@ def test_inplace_change_of_output_is_caught(backend: str) -> None:
 def test_wide_rows_equal_reference(backend: str, name: str) -> None:
     """Rows of D = 16 (a multiple of fast_native.WIDE_ROWS) run on the 512-bit build."""
     assert (12 + 4) % fast_native.WIDE_ROWS == 0
-    fast = STPN(12, 4, implementation="fast", dtype=DOUBLE, **OPTIONS[name])
-    reference = STPN(12, 4, implementation="reference", dtype=DOUBLE, **OPTIONS[name])
-    with torch.no_grad():
-        fast.weight_gamma.mul_(300)
-    reference.load_state_dict(fast.state_dict())
-    x = torch.randn(3, T_LONG, 12, dtype=DOUBLE, requires_grad=True)
-    state = random_state(fast, 3)
-    out_f, final_f, grads_f = loss_and_grads(fast, x, state)
-    out_r, final_r, grads_r = loss_and_grads(reference, x, state)
-    assert_close(out_f, out_r)
-    assert_close(final_f.F, final_r.F)
-    for got, want in zip(grads_f, grads_r, strict=True):
-        assert_close(got, want)
+    assert_matches_reference(*pair(STPN, 12, **OPTIONS[name]), with_state=True)
 
 
 def test_outputs_are_freed_without_the_garbage_collector(backend: str) -> None:
