@@ -16,19 +16,25 @@ import torch
 from torch import nn
 
 from stpn_core.base import RecurrentModel, check_positive_int
+from stpn_core.baselines import LSTM, RNN, DifferentiablePlasticity, FastWeights, HebbFF
+from stpn_core.stpn import STPN, STPNLinear
 
-MODELS: tuple[str, ...] = (
-    "stpn",
-    "stpn_scalar",
-    "stpnf",
-    "stpnf_scalar",
-    "rnn",
-    "lstm",
-    "fast_weights",
-    "modplast",
-    "plastic",
-    "hebbff",
+_CLASSES: Mapping[str, type[RecurrentModel]] = MappingProxyType(
+    {
+        "stpn": STPN,
+        "stpn_scalar": STPN,
+        "stpnf": STPNLinear,
+        "stpnf_scalar": STPNLinear,
+        "rnn": RNN,
+        "lstm": LSTM,
+        "fast_weights": FastWeights,
+        "modplast": DifferentiablePlasticity,
+        "plastic": DifferentiablePlasticity,
+        "hebbff": HebbFF,
+    }
 )
+
+MODELS: tuple[str, ...] = tuple(_CLASSES)
 """Names accepted by :func:`build_model`."""
 
 _FIXED_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
@@ -44,27 +50,6 @@ _FIXED_OPTIONS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 _ARGUMENTS = ("self", "input_size", "hidden_size")
 
 
-def _model_class(name: str) -> type[RecurrentModel]:
-    """The class behind ``name``. Imported here, not at module level, so that the package
-    ``__init__`` can import this module whatever order it imports the models in."""
-    import stpn_core
-    from stpn_core import baselines
-
-    classes: dict[str, type[RecurrentModel]] = {
-        "stpn": stpn_core.STPN,
-        "stpn_scalar": stpn_core.STPN,
-        "stpnf": stpn_core.STPNLinear,
-        "stpnf_scalar": stpn_core.STPNLinear,
-        "rnn": baselines.RNN,
-        "lstm": baselines.LSTM,
-        "fast_weights": baselines.FastWeights,
-        "modplast": baselines.DifferentiablePlasticity,
-        "plastic": baselines.DifferentiablePlasticity,
-        "hebbff": baselines.HebbFF,
-    }
-    return classes[name]
-
-
 def _check_name(name: Any) -> None:
     if name not in MODELS:
         raise ValueError(f"name: expected one of {', '.join(MODELS)}; got {name!r}")
@@ -75,7 +60,7 @@ def model_options(name: str) -> tuple[str, ...]:
     the constructors it forwards ``**options`` to), less those the name fixes."""
     _check_name(name)
     accepted: list[str] = []
-    for klass in _model_class(name).__mro__:
+    for klass in _CLASSES[name].__mro__:
         if "__init__" not in vars(klass):
             continue
         parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
@@ -111,7 +96,7 @@ def build_model(name: str, input_size: int, hidden_size: int, **options: Any) ->
             raise ValueError(
                 f"{option}: not an option of {name!r}; valid options: {', '.join(valid)}"
             )
-    return _model_class(name)(input_size, hidden_size, **_FIXED_OPTIONS.get(name, {}), **options)
+    return _CLASSES[name](input_size, hidden_size, **_FIXED_OPTIONS.get(name, {}), **options)
 
 
 def count_parameters(model: nn.Module) -> int:
