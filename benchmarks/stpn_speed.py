@@ -146,7 +146,10 @@ def main() -> None:
     threads = next(iter(results.values()))["threads"]
     print(f"threads {threads}")
     print(f"fast first call, empty build cache (C build + one ART step) s={cold_start():.2f}")
-    print("no recompilation: one C build per dtype, reused for every batch size and length")
+    print(
+        "no recompilation: one C build per dtype (and 256- or 512-bit rows), reused for every"
+        " batch size and length"
+    )
     if any(r["reps"] < args.reps for r in results.values()):
         print(f"note: the reference at maze_b512 was timed over {SLOW_REFERENCE_REPS} reps only")
     for size in args.sizes:
