@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from stpn_core import STPN, STPNCell, STPNLinear, STPNState
+from stpn_core.base import check_sequence
 
 DOUBLE = torch.float64
 
@@ -445,6 +446,13 @@ def test_bad_inputs():
         model(torch.randn(2, 5, 3, device="meta"))
     with pytest.raises(ValueError, match="NaN"):
         model(torch.full((2, 5, 3), float("nan")))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        x = torch.randn(2, 5, 3)
+        x[1, 4, 2] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(x)
+    # Finite values whose sum overflows float32 are not refused by the check.
+    check_sequence(torch.full((2, 5, 3), 3e38), 3, torch.zeros(1))
     with pytest.raises(TypeError, match="x"):
         model([[1.0, 2.0, 3.0]])
     with pytest.raises(ValueError, match="2-D"):

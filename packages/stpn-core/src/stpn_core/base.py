@@ -114,7 +114,10 @@ def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: boo
         raise TypeError(f"x: dtype {x.dtype} does not match the model's parameters ({like.dtype})")
     if x.device != like.device:
         raise ValueError(f"x: device {x.device} does not match the model's ({like.device})")
-    if not torch.isfinite(x).all():
+    # One reduction (a tenth of the time of an element-wise isfinite at the ART size): any NaN
+    # or infinity makes the sum non-finite; only then is the exact element-wise check paid for,
+    # so that huge finite values whose sum overflows are not refused.
+    if not torch.isfinite(x.detach().sum()) and not torch.isfinite(x).all():
         raise ValueError("x: contains NaN or infinite values")
 
 
