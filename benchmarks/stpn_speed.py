@@ -34,8 +34,6 @@ SIZES = {  # name: (batch, steps, input, STPN hidden, LSTM hidden at about the s
     "maze_b512": (512, 200, 17, 55, 47),
 }
 MODELS = ("reference", "fast", "lstm")
-SLOW_REFERENCE_REPS = 5
-"""The reference at maze_b512 takes seconds per step; it gets this many timed reps (printed)."""
 
 
 def _rss_mib() -> float:
@@ -122,15 +120,11 @@ def main() -> None:
     header = f"{'size':<10} {'model':<10} {'params':>7} {'ms/step':>9} {'first call s':>12}"
     print(header + f" {'peak MiB':>9} {'reps':>5} {'rounds':>6}")
     for size in args.sizes:
-        slow = size == "maze_b512"
         # The reference once (it is 5-20x slower, far from any target), then fast and LSTM
         # alternating, so that each gets early and late moments alike.
         pairs = (("fast", "lstm"), ("lstm", "fast"))
         for model in ["reference"] + [m for k in range(args.rounds) for m in pairs[k % 2]]:
-            slow_here = slow and model == "reference"
-            reps = min(args.reps, SLOW_REFERENCE_REPS) if slow_here else args.reps
-            warmup = 1 if slow_here else args.warmup
-            r = run_child(size, model, reps, warmup, args.threads)
+            r = run_child(size, model, args.reps, args.warmup, args.threads)
             best = results.setdefault((size, model), {**r, "rounds": 0})
             best["rounds"] += 1
             best["peak_mib"] = max(best["peak_mib"], r["peak_mib"])
@@ -150,8 +144,6 @@ def main() -> None:
         "no recompilation: one C build per dtype (and 256- or 512-bit rows), reused for every"
         " batch size and length"
     )
-    if any(r["reps"] < args.reps for r in results.values()):
-        print(f"note: the reference at maze_b512 was timed over {SLOW_REFERENCE_REPS} reps only")
     for size in args.sizes:
         fast, lstm, ref = (results[size, m]["ms"] for m in ("fast", "lstm", "reference"))
         print(f"ratio fast/lstm {size}={fast / lstm:.2f}")
