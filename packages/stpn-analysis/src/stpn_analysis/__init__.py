@@ -10,6 +10,7 @@ checkpoints); it never imports them, so a runs folder can be analysed anywhere.
 
 from stpn_analysis.maze import (
     bfs_distances,
+    check_maze_options,
     manhattan_estimate,
     maze_references,
     maze_walls,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Run",
     "bfs_distances",
+    "check_maze_options",
     "format_table",
     "load_plasticity",
     "load_runs",

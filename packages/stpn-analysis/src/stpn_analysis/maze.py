@@ -27,19 +27,22 @@ def _is_int(value: object, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | np.integer) and value >= minimum
 
 
-def _check_options(size: int, episode_length: int, reward: float) -> None:
-    """Raise ``ValueError`` naming the first bad maze option."""
+def check_maze_options(size: int, episode_length: int, **numbers: float) -> None:
+    """Raise ``ValueError`` naming the first bad maze option: ``size`` (odd, >= 5),
+    ``episode_length`` (>= 1) and any named real-valued option (finite, e.g. ``reward=10``).
+    The one check of the maze geometry, shared with the environments of ``stpn_rl``."""
     if not _is_int(size, 5) or size % 2 == 0:
         raise ValueError(f"size: expected an odd integer >= 5, got {size!r}")
     if not _is_int(episode_length, 1):
         raise ValueError(f"episode_length: expected a positive integer, got {episode_length!r}")
-    if isinstance(reward, bool) or not isinstance(reward, int | float) or not np.isfinite(reward):
-        raise ValueError(f"reward: expected a finite number, got {reward!r}")
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
 def maze_walls(size: int = 13) -> np.ndarray:
     """``(size, size)`` bool array, True for walls: border, even-even pillars, centre opened."""
-    _check_options(size, 1, 0.0)
+    check_maze_options(size, 1)
     walls = np.zeros((size, size), dtype=bool)
     walls[[0, -1], :] = True
     walls[:, [0, -1]] = True
@@ -92,7 +95,7 @@ def oracle_reward(size: int = 13, episode_length: int = 200, reward: float = 10.
     time (no sampling) and averaged over the reward cells. Starting on the reward cell (the
     centre) needs one step away and one back, or a single bump into a wall if it has one.
     """
-    _check_options(size, episode_length, reward)
+    check_maze_options(size, episode_length, reward=reward)
     walls = maze_walls(size)
     cells = _open_cells(walls)
     centre = (size // 2, size // 2)
@@ -121,7 +124,7 @@ def random_policy_reward(
     Returns ``(mean, standard error)`` over ``n_episodes`` simulated episodes, all agents stepped
     together with one seeded ``numpy`` generator, so the figure is reproducible.
     """
-    _check_options(size, episode_length, reward)
+    check_maze_options(size, episode_length, reward=reward)
     if not _is_int(n_episodes, 2):
         raise ValueError(f"n_episodes: expected an integer >= 2, got {n_episodes!r}")
     rng = np.random.default_rng(seed)
@@ -156,7 +159,7 @@ def manhattan_estimate(size: int = 13, episode_length: int = 200, reward: float 
     ratio of means with no truncation of the last trip, where the BFS oracle counts exactly the
     trips that finish within the episode.
     """
-    _check_options(size, episode_length, reward)
+    check_maze_options(size, episode_length, reward=reward)
     walls = maze_walls(size)
     walls[size // 2, size // 2] = True
     cells = np.array(_open_cells(walls))

@@ -19,9 +19,9 @@ import numpy as np
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecTransposeImage
+from stpn_analysis.maze import check_maze_options
 
 from stpn_rl.envs import MazeVecEnv
-from stpn_rl.envs.maze import check_maze_options
 from stpn_rl.policies import SmallAtariCNN
 
 ATARI_WRAPPER_OPTIONS = (

@@ -16,7 +16,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
-from stpn_analysis.maze import maze_walls  # one geometry for the env and its references
+from stpn_analysis.maze import (  # one geometry for the env and its references
+    check_maze_options,
+    maze_walls,
+)
 
 OBSERVATION_SIZE = 17
 N_ACTIONS = 4
@@ -29,28 +32,6 @@ PATCH, UNUSED, BIAS, PROGRESS, PREVIOUS_REWARD, PREVIOUS_ACTION = (
     12,
     slice(13, 17),
 )
-
-
-def check_maze_options(
-    size: int, episode_length: int, reward_value: float, wall_penalty: float
-) -> None:
-    """Raise ``ValueError`` naming the first bad maze option."""
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, int | np.integer)
-        or size < 5
-        or size % 2 == 0
-    ):
-        raise ValueError(f"size: expected an odd integer >= 5, got {size!r}")
-    if (
-        isinstance(episode_length, bool)
-        or not isinstance(episode_length, int | np.integer)
-        or (episode_length < 1)
-    ):
-        raise ValueError(f"episode_length: expected a positive integer, got {episode_length!r}")
-    for name, value in (("reward_value", reward_value), ("wall_penalty", wall_penalty)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
 class MazeAgents:
@@ -69,7 +50,9 @@ class MazeAgents:
         reward_value: float = 10.0,
         wall_penalty: float = 0.0,
     ) -> None:
-        check_maze_options(size, episode_length, reward_value, wall_penalty)
+        check_maze_options(
+            size, episode_length, reward_value=reward_value, wall_penalty=wall_penalty
+        )
         if isinstance(n_agents, bool) or not isinstance(n_agents, int) or n_agents < 1:
             raise ValueError(f"n_agents: expected a positive integer, got {n_agents!r}")
         self.n_agents, self.size, self.episode_length = n_agents, int(size), int(episode_length)
