@@ -1,0 +1,70 @@
+"""Command-line conventions shared by every ``python -m stpn_...`` entry point.
+
+A researcher who mistypes an option or points at a missing file should read one line saying what
+was wrong, not a traceback: every error ends as ``error: ...`` on stderr with exit status 2.
+``--debug`` on the command line, or ``STPN_DEBUG=1`` in the environment, shows the traceback for
+the rare error that is a bug of ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+__all__ = ["ArgumentParser", "CommandError", "run_command"]
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """An error whose message is complete for the user as it stands (no type name is added)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one ``error: ...`` line (exit 2), and
+    which accepts ``--debug`` on every command (read by :func:`run_command`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help="show the full traceback of an error (also STPN_DEBUG=1)")
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, CommandError):
+        return text
+    if isinstance(error, KeyError):
+        text = f"missing key {text}"
+    if isinstance(error, (ValueError, TypeError, FileNotFoundError, PermissionError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def run_command(main: Callable[[Sequence[str] | None], object],
+                argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``main(argv)`` and exit: 0 on success (or ``main``'s integer return value), 2 with one
+    ``error: ...`` line on stderr for any exception, 130 on Ctrl-C."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments or os.environ.get("STPN_DEBUG", "") not in ("", "0")
+    try:
+        result = main(arguments)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as error:  # every failure of a command becomes one line; --debug shows all
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+    sys.exit(result if isinstance(result, int) else 0)
