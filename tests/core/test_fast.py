@@ -13,7 +13,8 @@ import weakref
 
 import pytest
 import torch
-from stpn_core import STPN, STPNLinear, STPNState, fast_native
+from stpn_core import STPN, STPNLinear, STPNState
+from stpn_core.stpn import backend_c
 
 DOUBLE = torch.float64
 K_TEST = 8
@@ -23,8 +24,8 @@ T_LONG = 2 * K_TEST + 5  # three checkpoint chunks of the C loop, the last one p
 @pytest.fixture(autouse=True)
 def small_checkpoint_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The smallest workspace budget: the C loop stores a memory every K_TEST steps."""
-    monkeypatch.setattr(fast_native, "CHECKPOINT_BYTES", 0)
-    assert fast_native.checkpoint_every(100, 4, 9, 8) == K_TEST
+    monkeypatch.setattr(backend_c, "WORKSPACE_BYTES", 0)
+    assert backend_c.recompute_interval(100, 4, 9, 8) == K_TEST
 
 OPTIONS = {
     "default": {},
@@ -42,10 +43,10 @@ OPTIONS = {
 @pytest.fixture(params=["native", "torch"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "native":
-        if fast_native.library(DOUBLE) is None:
+        if backend_c.library(DOUBLE) is None:
             pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
     else:
-        monkeypatch.setattr(fast_native, "usable", lambda *tensors: False)
+        monkeypatch.setattr(backend_c, "usable", lambda *tensors: False)
     return request.param
 
 
@@ -131,8 +132,8 @@ def test_inplace_change_of_output_is_caught(backend: str) -> None:
 
 @pytest.mark.parametrize("name", ["default", "maze", "current"])
 def test_wide_rows_equal_reference(backend: str, name: str) -> None:
-    """Rows of D = 16 (a multiple of fast_native.WIDE_ROWS) run on the 512-bit build."""
-    assert (12 + 4) % fast_native.WIDE_ROWS == 0
+    """Rows of D = 16 (a multiple of backend_c.WIDE_ROWS) run on the 512-bit build."""
+    assert (12 + 4) % backend_c.WIDE_ROWS == 0
     assert_matches_reference(*pair(STPN, 12, **OPTIONS[name]), with_state=True)
 
 
@@ -290,13 +291,13 @@ def test_bptt_chunk_type() -> None:
 
 def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """The C loop splits the batch across threads for large jobs; force it on a small one."""
-    if fast_native.library(DOUBLE) is None:
+    if backend_c.library(DOUBLE) is None:
         pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
-    monkeypatch.setattr(fast_native, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(backend_c, "MIN_WORK_PER_THREAD", 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert len(fast_native._batch_ranges(5, 10**6)) == 3
+        assert len(backend_c._batch_ranges(5, 10**6)) == 3
         fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
         x = torch.randn(5, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
         out_f, final_f, grads_f = loss_and_grads(fast, x, None)

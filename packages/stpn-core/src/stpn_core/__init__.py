@@ -16,7 +16,12 @@ from stpn_core.baselines import (
     PlasticityState,
     RNNState,
 )
-from stpn_core.energy import energy_per_sequence, energy_per_step, synaptic_energy
+from stpn_core.energy import (
+    energy_per_sequence,
+    energy_per_step,
+    energy_profile,
+    synaptic_energy,
+)
 from stpn_core.registry import (
     MODELS,
     PRESET_HEADS,
@@ -59,5 +64,6 @@ __all__ = [
     "RecurrentModel",
     "energy_per_sequence",
     "energy_per_step",
+    "energy_profile",
     "synaptic_energy",
 ]

@@ -30,14 +30,15 @@ def synaptic_energy(weight: Tensor, presynaptic: Tensor) -> Tensor:
     return torch.bmm(weight.abs(), squared.unsqueeze(-1)).squeeze(-1)
 
 
-def sum_over_units(per_unit: Tensor) -> Tensor:
-    """Layer energy at one step, ``(..., H) -> (...)``: the paper's ART/Pong reduction."""
-    return per_unit.sum(dim=-1)
+def energy_profile(energy: Tensor) -> Tensor:
+    """Mean over the batch of a ``(B, T)`` energy trace: the energy at each step, ``(T,)``."""
+    return energy.mean(dim=0)
 
 
 def energy_per_step(energy: Tensor) -> Tensor:
-    """Mean over the batch of a ``(B, T)`` energy trace: the energy profile along the sequence."""
-    return energy.mean(dim=0)
+    """Mean energy of one step over sequences and steps of a ``(B, T)`` trace: a scalar, as
+    ``energy_per_step`` in a run's ``metrics.json``."""
+    return energy.mean()
 
 
 def energy_per_sequence(energy: Tensor) -> Tensor:

@@ -1,10 +1,10 @@
-"""Load the fused C time loop (``native/stpn_loop.c``) and call it on torch tensors through ctypes.
+"""The fused loop in C: build ``native/stpn_loop.c``, load it and call it on torch tensors (ctypes).
 
 The C file includes no torch header, so building it takes about a second with the system C
 compiler; the library is cached per source, compiler flags and CPU (``$STPN_CACHE_DIR`` or
 ``~/.cache/stpn_core``), so later processes only load it. Without a working compiler,
 :func:`library` returns ``None`` and the fast path runs on batched torch ops instead
-(:mod:`stpn_core.fast_kernels`), which gives the same results, more slowly.
+(:mod:`.backend_torch`), which gives the same results, more slowly.
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from stpn_core.fast_kernels import Config, finish_plastic_grads
-from stpn_core.functional import NORM_EPS
+from stpn_core.stpn.loop import LoopConfig, Record, hebbian_rate, rate_grads
+from stpn_core.stpn.reference import ACTIVATIONS, NORM_EPS
 
-SOURCE = Path(__file__).with_name("native") / "stpn_loop.c"
+SOURCE = Path(__file__).parent.parent / "native" / "stpn_loop.c"
 # -ffast-math lets the row reductions vectorise and tanh/sigmoid use the vector exp of libm; the
 # results differ from the reference only by rounding (the tests hold them to 1e-10 in float64).
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC", "-std=c11")
@@ -37,25 +36,26 @@ WIDE_ROWS = 16
 """Rows of ``D`` a multiple of this many values get a build with 512-bit vectors (where the CPU
 has them: 8% faster per training step at the ART size, D = 48); other rows keep 256-bit vectors,
 since a row of D = 72 as 4.5 512-bit vectors ran 30% slower than as 9 256-bit ones."""
-ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "relu": 2, "identity": 3}
 REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
-CHECKPOINT_BYTES = 1 << 19
+WORKSPACE_BYTES = 1 << 19
 """Budget of the backward's workspace: it recomputes ``K`` steps of one sample at a time into
-``K + 1`` memories of ``H·D`` values, which should stay in the L2 cache. ``K`` is as large as
-the budget allows (between 8 and 64): fewer stored checkpoints mean fewer freshly allocated
-pages to fault in (at the maze size K = 32 ran 5-15 % faster per training step than K = 16)."""
+``K + 1`` memories of ``H·D`` values, which should stay in the L2 cache. ``K`` (the recompute
+interval) is as large as the budget allows (between 8 and 64): fewer stored memories mean fewer
+freshly allocated pages to fault in (at the maze size K = 32 ran 5-15 % faster per training
+step than K = 16)."""
 MIN_WORK_PER_THREAD = 1 << 22
 """Synapse-steps (``B·H·D·T``) a thread must get before the batch is split across threads: for a
 smaller job the hand-off costs more than it saves (and a thread kept waiting on a busy machine
 stalls the step)."""
 
 
-class _Cfg(ctypes.Structure):
+class _CArgs(ctypes.Structure):
+    """The C loop's ``Cfg`` struct: sizes, ``K`` and the options as ints."""
+
     _fields_ = [(name, ctypes.c_long) for name in ("T", "B", "I", "H", "D", "K")]
     _fields_ += [
         (name, ctypes.c_int)
-        for name in (
-"recurrent", "normalise", "post", "current", "act", "has_bias")
+        for name in ("recurrent", "normalise", "post", "current", "act", "has_bias")
     ]
     _fields_ += [("clamp", ctypes.c_double), ("eps", ctypes.c_double)]
 
@@ -114,7 +114,7 @@ def library(dtype: torch.dtype, width: int = 256) -> ctypes.CDLL | None:
     except OSError:
         return None
     if lib is not None:  # declared once, so calls pass plain ints without wrapper objects
-        head = [ctypes.POINTER(_Cfg), ctypes.c_long, ctypes.c_long]
+        head = [ctypes.POINTER(_CArgs), ctypes.c_long, ctypes.c_long]
         lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 13
         lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 20
         lib.stpn_forward.restype = lib.stpn_backward.restype = None
@@ -138,45 +138,17 @@ def _ptr(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _cfg(cfg: Config, shape: tuple[int, ...], has_bias: bool) -> _Cfg:
-    return _Cfg(
-        *shape, cfg.recurrent, cfg.normalise, cfg.post, cfg.current,
-        ACTIVATION_CODES[cfg.activation], has_bias, cfg.clamp or 0.0, NORM_EPS,
+def _c_args(config: LoopConfig, shape: tuple[int, ...], has_bias: bool) -> _CArgs:
+    return _CArgs(
+        *shape, config.recurrent, config.normalise, config.post, config.current,
+        ACTIVATIONS[config.activation].code, has_bias, config.clamp or 0.0, NORM_EPS,
     )
 
 
-def _plastic(lam: Tensor, gam: Tensor, shape: torch.Size, cfg: Config) -> tuple[Tensor, Tensor]:
-    """Λ and the effective Γ (``Λ⊙Γ`` for ``prompt_decay``) as contiguous ``(H, D)`` arrays."""
-    gam_eff = lam * gam if cfg.prompt_decay else gam
-    return lam.expand(shape).contiguous(), gam_eff.expand(shape).contiguous()
-
-
-@dataclass
-class NativeSaved:
-    """What the C forward keeps (batch-major): the inputs, the memory every ``K`` steps after
-    the first and the small per-step arrays. ``out`` is the layer's output itself (it also gives
-    the presynaptic vectors); ``F_final`` is not read back. The C view of the configuration and
-    parameters and the batch split are kept too, so the backward does not rebuild them."""
-
-    c: _Cfg
-    ranges: list[tuple[int, int]]
-    W: Tensor  # contiguous (H, D), and Λ, Γe expanded to it
-    lam: Tensor
-    gam: Tensor
-    x: Tensor  # (B, T, I)
-    h0: Tensor  # (B, H)
-    F0: Tensor  # (B, H, D)
-    checkpoints: Tensor  # (B, ceil(T/K) - 1, H, D): F at t = K, 2K, ...
-    out: Tensor  # (B, T, H)
-    R: Tensor | None
-    S: Tensor
-    R2: Tensor | None
-    F_final: Tensor  # (B, H, D)
-
-
-def checkpoint_every(steps: int, H: int, D: int, itemsize: int) -> int:
-    """``K``: steps between the memories the forward stores (see :data:`CHECKPOINT_BYTES`)."""
-    return max(1, min(steps, 64, max(8, CHECKPOINT_BYTES // (H * D * itemsize))))
+def recompute_interval(steps: int, H: int, D: int, itemsize: int) -> int:
+    """``K``: the forward stores the memory every ``K`` steps and the backward recomputes the
+    steps between (see :data:`WORKSPACE_BYTES`)."""
+    return max(1, min(steps, 64, max(8, WORKSPACE_BYTES // (H * D * itemsize))))
 
 
 def _batch_ranges(batch: int, work: int) -> list[tuple[int, int]]:
@@ -205,68 +177,74 @@ def _executor(pid: int) -> ThreadPoolExecutor:
 
 def forward(
     x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
-    cfg: Config,
-) -> NativeSaved:
+    config: LoopConfig,
+) -> Record:
     """The sequence forward in C over ``x`` ``(B, T, I)``: outputs ``(B, T, H)``, final memory
     and what :func:`backward` needs. Buffers are left uninitialised: C writes all of them."""
     B, T, I = x.shape  # noqa: E741
     H, D = W.shape
-    every = checkpoint_every(T, H, D, x.element_size())
+    every = recompute_interval(T, H, D, x.element_size())
     opts = {"device": x.device, "dtype": x.dtype}
     out, S = torch.empty(B, T, H, **opts), torch.empty(B, T, H, **opts)
-    R = torch.empty(B, T, H, **opts) if cfg.normalise else None
-    R2 = torch.empty(B, T, H, **opts) if cfg.post else None
-    checkpoints = torch.empty(B, -(-T // every) - 1, H, D, **opts)
+    R = torch.empty(B, T, H, **opts) if config.normalise else None
+    R2 = torch.empty(B, T, H, **opts) if config.post else None
+    memories = torch.empty(B, -(-T // every) - 1, H, D, **opts)
     F_final = torch.empty(B, H, D, **opts)
     x, h0, F0 = x.contiguous(), h0.contiguous(), F0.contiguous()
-    W, (lam, gam) = W.contiguous(), _plastic(lam, gam, W.shape, cfg)
+    W = W.contiguous()
+    lam, rate = lam.expand(W.shape).contiguous(), hebbian_rate(lam, gam, config).expand(W.shape)
+    rate = rate.contiguous()
     b = None if b is None else b.contiguous()
-    c = _cfg(cfg, (T, B, I, H, D, every), b is not None)
+    args = _c_args(config, (T, B, I, H, D, every), b is not None)
     ranges = _batch_ranges(B, B * H * D * T)
     run = library_for(x.dtype, D).stpn_forward
 
     def call(_: int, b0: int, b1: int) -> None:
         run(
-            ctypes.byref(c), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(gam), _ptr(F0), _ptr(x),
-            _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(checkpoints), _ptr(F_final),
+            ctypes.byref(args), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(rate), _ptr(F0),
+            _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(memories),
+            _ptr(F_final),
         )
 
     _parallel(ranges, call)
-    return NativeSaved(c, ranges, W, lam, gam, x, h0, F0, checkpoints, out, R, S, R2, F_final)
+    return Record(
+        config, x, h0, F0, W, lam, rate, b is not None, out, S, R, R2, memories, F_final,
+        native=(args, ranges),
+    )
 
 
 def backward(
-    saved: NativeSaved, grad_out: Tensor, grad_F: Tensor | None, W: Tensor, b: Tensor | None,
-    lam: Tensor, gam: Tensor, cfg: Config, input_size: int, need_x: bool = True,
-    need_F: bool = True,
+    record: Record, grad_out: Tensor, grad_F: Tensor | None, lam: Tensor, gam: Tensor,
+    need_x: bool = True, need_F: bool = True,
 ) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor]:
     """Gradients of ``x`` ``(B, T, I)``, ``h0``, ``F0``, ``W``, ``b``, ``Λ``, ``Γ``, in C, from
     ``grad_out`` ``(B, T, H)`` and ``grad_F`` (``None``: zero). Those of ``x`` and ``F0`` are
     ``None`` unless ``need_x`` / ``need_F`` (nothing is allocated or written for them).
-    ``W``, ``Λ``, ``Γ`` are the forward's (their C views are taken from ``saved``)."""
-    B, T, H = saved.out.shape
-    D, HD = W.shape[1], W.numel()
-    opts = {"device": W.device, "dtype": W.dtype}
+    ``lam`` and ``gam`` are the parameters (for the shapes of their gradients)."""
+    r = record
+    B, T, H = r.out.shape
+    D, HD, (args, ranges) = r.W.shape[1], r.W.numel(), r.native
+    opts = {"device": r.W.device, "dtype": r.W.dtype}
     gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
     gF = torch.empty(B, H, D, **opts) if need_F else None
-    gx = torch.empty(B, T, input_size, **opts) if need_x else None
+    gx = torch.empty(B, T, r.x.shape[2], **opts) if need_x else None
     # One row of accumulators per thread: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
-    acc = torch.zeros(len(saved.ranges), 3 * HD + H, **opts)
+    acc = torch.zeros(len(ranges), 3 * HD + H, **opts)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
     grad_F = None if grad_F is None else grad_F.contiguous()
-    s, run, item = saved, library_for(W.dtype, D).stpn_backward, acc.element_size()
+    run, item = library_for(r.W.dtype, D).stpn_backward, acc.element_size()
 
     def call(k: int, b0: int, b1: int) -> None:
         row = acc.data_ptr() + k * acc.stride(0) * item
         run(
-            ctypes.byref(s.c), b0, b1, _ptr(s.W), _ptr(s.lam), _ptr(s.gam), _ptr(s.F0),
-            _ptr(s.checkpoints), _ptr(s.x), _ptr(s.h0), _ptr(s.out), _ptr(s.R), _ptr(s.S),
-            _ptr(s.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx), row,
+            ctypes.byref(args), b0, b1, _ptr(r.W), _ptr(r.lam), _ptr(r.rate), _ptr(r.F0),
+            _ptr(r.memories), _ptr(r.x), _ptr(r.h0), _ptr(r.out), _ptr(r.R), _ptr(r.S),
+            _ptr(r.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx), row,
             row + 3 * HD * item, row + HD * item, row + 2 * HD * item,
         )
 
-    _parallel(saved.ranges, call)
-    total = acc[0] if len(saved.ranges) == 1 else acc.sum(0)
-    gW, g_lam, g_hebb = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
-    g_lam, g_gam = finish_plastic_grads(g_lam, g_hebb, lam, gam, cfg)
-    return gx, gh, gF, gW, total[3 * HD :] if b is not None else None, g_lam, g_gam
+    _parallel(ranges, call)
+    total = acc[0] if len(ranges) == 1 else acc.sum(0)
+    gW, g_lam, g_rate = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
+    g_lam, g_gam = rate_grads(g_lam, g_rate, lam, gam, r.config)
+    return gx, gh, gF, gW, total[3 * HD :] if r.has_bias else None, g_lam, g_gam

@@ -1,36 +1,25 @@
-"""The recurrent Short-Term Plasticity Neuron (STPNr): :class:`STPNCell` and :class:`STPN`.
+"""The STPN modules and their options: :class:`STPNCell`, :class:`STPN` and :class:`STPNLinear`.
 
 Each synapse has a long-term weight ``W`` learned by gradient descent and a short-term memory
-``F`` that is written by a Hebbian rule during the sequence and forgets at a learned rate. Per step,
-with ``v_t = [x_t; h_{t-1}]`` (input columns first, then hidden)::
-
-    G_t     = W + F_t                                  efficacy
-    n_t     = ||G_t||_row + 1e-16                      one norm per unit and sample
-    h_t     = tanh(G_t v_t / n_t + b)                  normalised before bias and nonlinearity
-    F_{t+1} = Λ ⊙ (F_t / n_t) + Γ ⊙ (h_t ⊗ u_t)        u_t = v_t (textbook Hebbian form)
-
-Λ (``weight_lambda``) and Γ (``weight_gamma``) are learned per synapse. The options below select
-the paper's variants; the defaults are the paper's STPN.
+``F`` that is written by a Hebbian rule during the sequence and forgets at a learned rate
+(``weight_lambda``, Λ); ``weight_gamma`` (Γ) scales the Hebbian writes. Both are learned per
+synapse. :mod:`.reference` defines one step; :mod:`.autograd` runs whole sequences fast. The
+options below select the paper's variants; the defaults are the paper's STPN.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as nnf
 from torch import Tensor, nn
 
 from stpn_core.base import RecurrentModel, check_choice, check_positive_int
-from stpn_core.energy import synaptic_energy
-from stpn_core.functional import (
-    ACTIVATIONS,
-    effective_weight,
-    hebbian_term,
-    plasticity_update,
-    row_norm,
-)
+from stpn_core.stpn import autograd, reference
+from stpn_core.stpn.loop import unsupported_reason
+from stpn_core.stpn.reference import ACTIVATIONS
 
 
 class STPNState(NamedTuple):
@@ -210,50 +199,6 @@ class _STPNBase(RecurrentModel):
         F = torch.zeros(batch_size, self.hidden_size, plastic, device=device, dtype=dtype)
         return STPNState(h, F, torch.zeros_like(h) if self.plastic_bias else None)
 
-    # -- one step: the definition -----------------------------------------------------------------
-
-    def _efficacy(self, F: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Effective (normalised) weight ``(B, H, I+H)`` for memory ``F``, and the norm used."""
-        return effective_weight(self.weight, nnf.pad(F, self._plastic_padding), self.norm)
-
-    def _presynaptic(self, x_t: Tensor, h: Tensor) -> Tensor:
-        return torch.cat([x_t, h], dim=1) if self.recurrent else x_t
-
-    def _step_energy(self, x_t: Tensor, state: STPNState) -> Tensor:
-        """Energy ``(B,)`` of the step about to be taken from ``state``, summed over units."""
-        weight, _ = self._efficacy(state.F)
-        return synaptic_energy(weight, self._presynaptic(x_t, state.h)).sum(dim=-1)
-
-    def _step(self, x_t: Tensor, state: STPNState) -> STPNState:
-        """Advance one step: the reference definition of the STPN."""
-        h, F, F_bias = state
-        v = self._presynaptic(x_t, h)
-        weight, n = self._efficacy(F)
-        a = torch.bmm(weight, v.unsqueeze(-1)).squeeze(-1)
-        if self.bias is not None:
-            a = a + self.bias if F_bias is None else a + self.bias + F_bias
-        h_new = ACTIVATIONS[self.activation](a)
-
-        u = v if self.presynaptic == "previous" else self._presynaptic(x_t, h_new)
-        memory = F / n if self.norm_timing == "pre" and n is not None else F
-        delta = hebbian_term(h_new, u[:, self.plastic_columns], memory, self.rule)
-        F_new = plasticity_update(
-            memory, delta, self.weight_lambda, self.weight_gamma, self.update, self.clamp
-        )
-        if self.norm_timing == "post":
-            F_new = F_new / self._post_norm(F_new)
-        if F_bias is not None:
-            F_bias = plasticity_update(
-                F_bias, h_new, self.bias_lambda, self.bias_gamma, self.update, self.clamp
-            )
-        return STPNState(h_new, F_new, F_bias)
-
-    def _post_norm(self, F: Tensor) -> Tensor:
-        """Row norm that the ``post`` variant divides the new memory by."""
-        if self.norm == "G":
-            return row_norm(self.weight + nnf.pad(F, self._plastic_padding))
-        return row_norm(F)
-
 
 class STPNCell(_STPNBase):
     """One STPN step: ``state = cell(x_t, state)``, with ``x_t`` of shape ``(B, I)``.
@@ -267,13 +212,13 @@ class STPNCell(_STPNBase):
         if isinstance(x, Tensor) and x.dim() != 2:
             raise ValueError(f"x: expected a 2-D tensor (B, I), got shape {tuple(x.shape)}")
         x_seq, state = self._prepare_input(x.unsqueeze(1) if isinstance(x, Tensor) else x, state)
-        return self._step(x_seq[:, 0], state)
+        return reference.step(self, x_seq[:, 0], state)
 
     def energy(self, x: Tensor, state: STPNState | None = None) -> Tensor:
         """Energy of the step ``(B,)``, from the state before it."""
         with torch.no_grad():
             x_seq, state = self._prepare_input(x.unsqueeze(1), state)
-            return self._step_energy(x_seq[:, 0], state)
+            return reference.step_energy(self, x_seq[:, 0], state)
 
 
 class STPN(_STPNBase):
@@ -304,24 +249,23 @@ class STPN(_STPNBase):
         bptt_mode: str = "checkpoint",
         **options: object,
     ) -> None:
-        """``implementation``: ``"fast"`` (hand-derived backward, :mod:`stpn_core.fast`),
-        ``"reference"`` (the plain loop over :meth:`_step`, the definition) or ``"auto"`` (fast
-        when it covers the options, else the reference with one warning).
+        """``implementation``: ``"fast"`` (the fused loop with its hand-derived backward,
+        :mod:`.autograd`), ``"reference"`` (the plain loop over :func:`.reference.step`, the
+        definition) or ``"auto"`` (fast when it covers the options, else the reference with one
+        warning).
 
         ``bptt_chunk``: split long sequences into chunks of this many steps. With
         ``bptt_mode="checkpoint"`` gradients stay exact and only each chunk's starting state is
         kept (the chunk is recomputed in the backward); with ``"truncate"`` the state is detached
         between chunks (truncated BPTT: gradients do not cross chunk boundaries).
         """
-        from stpn_core import fast  # the fast path imports this module's types
-
         super().__init__(input_size, hidden_size, bias, **options)  # type: ignore[arg-type]
         self.batch_first = batch_first
         check_choice("implementation", implementation, ("auto", "fast", "reference"))
         check_choice("bptt_mode", bptt_mode, ("checkpoint", "truncate"))
         if bptt_chunk is not None:
             check_positive_int("bptt_chunk", bptt_chunk)
-        reason = fast.unsupported_reason(self)
+        reason = unsupported_reason(self)
         if implementation == "fast" and reason is not None:
             raise ValueError(
                 f'implementation: "fast" does not support {reason}; use "auto" or "reference"'
@@ -330,39 +274,37 @@ class STPN(_STPNBase):
         self._fallback_warned: set[str] = set()
 
     def forward(self, x: Tensor, state: STPNState | None = None) -> tuple[Tensor, STPNState]:
-        import warnings
-
-        from stpn_core import fast
-
         x, state = self._prepare_input(x, state)
-        use_fast = self.implementation != "reference" and x.shape[1] > 0
-        if use_fast and (reason := fast.unsupported_reason(self)) is not None:
-            if self.implementation == "fast":
-                raise ValueError(f'implementation: "fast" does not support {reason}')
-            if reason not in self._fallback_warned:
-                self._fallback_warned.add(reason)
-                warnings.warn(
-                    f"STPN: the fast path does not support {reason}; using the slower "
-                    'reference loop (pass implementation="reference" to silence this)',
-                    stacklevel=2,
-                )
-            use_fast = False
-        truncate = self.bptt_mode == "truncate" and self.bptt_chunk is not None
-        every = None if truncate else self.bptt_chunk
-        step = self.bptt_chunk if truncate else max(1, x.shape[1])
+        run = autograd.sequence if self._fused() else reference.sequence
+        if self.bptt_mode == "checkpoint" or self.bptt_chunk is None:
+            output, state = run(self, x, state, self.bptt_chunk)
+            return self._finish_output(output), state
         outputs = []
-        for t0 in range(0, max(1, x.shape[1]), step):
+        for t0 in range(0, x.shape[1], self.bptt_chunk):
             if t0 > 0:  # truncated BPTT: no gradient across the chunk boundary
                 state = type(state)(*(None if s is None else s.detach() for s in state))
-            chunk = x[:, t0 : t0 + step]
-            if use_fast:
-                out, h, F = fast.fast_sequence(self, chunk, state, every)
-                state = STPNState(h, F, None)
-            else:
-                out, state = fast.reference_sequence(self, chunk, state, every)
+            out, state = run(self, x[:, t0 : t0 + self.bptt_chunk], state, None)
             outputs.append(out)
-        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-        return self._finish_output(output), state
+        return self._finish_output(torch.cat(outputs, dim=1)), state
+
+    def _fused(self) -> bool:
+        """Whether this call runs the fused loop; warns once per reason when "auto" cannot
+        (the options may have been changed since construction)."""
+        if self.implementation == "reference":
+            return False
+        reason = unsupported_reason(self)
+        if reason is None:
+            return True
+        if self.implementation == "fast":
+            raise ValueError(f'implementation: "fast" does not support {reason}')
+        if reason not in self._fallback_warned:
+            self._fallback_warned.add(reason)
+            warnings.warn(
+                f"STPN: the fast path does not support {reason}; using the slower "
+                'reference loop (pass implementation="reference" to silence this)',
+                stacklevel=3,
+            )
+        return False
 
     def energy(self, x: Tensor, state: STPNState | None = None) -> Tensor:
         """Energy of every step ``(B, T)``, summed over units, each from the state before it."""
@@ -370,8 +312,8 @@ class STPN(_STPNBase):
             x, state = self._prepare_input(x, state)
             energies = []
             for t in range(x.shape[1]):
-                energies.append(self._step_energy(x[:, t], state))
-                state = self._step(x[:, t], state)
+                energies.append(reference.step_energy(self, x[:, t], state))
+                state = reference.step(self, x[:, t], state)
             return torch.stack(energies, dim=1)
 
 

@@ -1,0 +1,116 @@
+"""The fused STPN sequence as one ``torch.autograd.Function`` with a hand-derived backward.
+
+Why not autograd on the plain loop: it records ~20 tiny nodes per step, and replaying them
+dominated the training time. Why not ``torch.compile``: 40-60 s of compile on a small CPU, and a
+recompile per new sequence length. Here the forward runs without a graph and the backward is
+derived by hand, so a training step costs a few large batched ops (or one C call) per time step
+and no compile; any batch size or length runs at once. The loop itself runs in C
+(:mod:`.backend_c`) on CPU tensors when a compiler is present, else on batched torch ops
+(:mod:`.backend_torch`); both return the same :class:`.loop.Record`.
+
+``bptt_chunk`` trades compute for memory: only each chunk's starting state is kept, and the
+chunk's forward is recomputed during the backward (exact gradients).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from stpn_core.stpn import backend_c, backend_torch
+from stpn_core.stpn.loop import LoopConfig
+
+if TYPE_CHECKING:
+    from stpn_core.stpn.layer import STPN, STPNState
+
+
+class _STPNSequence(torch.autograd.Function):
+    """``(x (B,T,I), h0, F0, W, b, Λ, Γ) -> (outputs (B,T,H), F_T)``, hand-written backward.
+
+    With one chunk the output is the backend's own buffer, and the backward reads it, the input
+    and the initial state in place: all are saved for the backward, so an in-place change of any
+    of them raises there instead of corrupting the gradient.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, config: LoopConfig, chunk: int, x: Tensor, h0: Tensor, F0: Tensor, W: Tensor,
+        b: Tensor | None, lam: Tensor, gam: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        T = x.shape[1]
+        backend = backend_c if backend_c.usable(x, W) else backend_torch
+        ctx.config, ctx.chunk, ctx.backend = config, chunk, backend
+        if chunk >= T:
+            ctx.record = backend.forward(x, h0, F0, W, b, lam, gam, config)
+            ctx.starts = None
+            out, F_final = ctx.record.out, ctx.record.F_final
+            # Not kept here: out -> grad_fn -> ctx -> record -> out would be a reference cycle,
+            # freed only by the garbage collector (memory and page faults piled up until then).
+            # Autograd keeps ``out`` (saved below) without one.
+            ctx.record.out = ctx.record.F_final = None
+        else:  # keep only each chunk's starting state; the chunk is recomputed in the backward
+            outputs, ctx.starts, ctx.record = [], [], None
+            h, F_final = h0, F0
+            for t0 in range(0, T, chunk):
+                ctx.starts.append((h, F_final))
+                record = backend.forward(x[:, t0 : t0 + chunk], h, F_final, W, b, lam, gam, config)
+                outputs.append(record.out)
+                h, F_final = record.out[:, -1].clone(), record.F_final
+            out = torch.cat(outputs, dim=1)
+        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, out if ctx.starts is None else None)
+        return out, F_final
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
+        x, _, _, W, b, lam, gam, out = ctx.saved_tensors  # checks that nothing saved changed
+        config, chunk, backend = ctx.config, ctx.chunk, ctx.backend
+        B, T, _ = x.shape
+        if grad_out is None:
+            grad_out = torch.zeros(B, T, W.shape[0], dtype=x.dtype, device=x.device)
+        if ctx.starts is None:
+            ctx.record.out = out  # for this call only (see forward)
+            gx, gh, gF, *grads = backend.backward(
+                ctx.record, grad_out, grad_F, lam, gam,
+                need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
+            )
+            ctx.record.out = None
+            return None, None, gx, gh if config.recurrent else None, gF, *grads
+        gF, gh, pieces = grad_F, None, []
+        grad_params: list[Tensor | None] = [None, None, None, None]
+        for index in range(len(ctx.starts) - 1, -1, -1):
+            t0 = index * chunk
+            h_start, F_start = ctx.starts[index]
+            piece = x[:, t0 : t0 + chunk]
+            record = backend.forward(piece, h_start, F_start, W, b, lam, gam, config)
+            g_out = grad_out[:, t0 : t0 + chunk]
+            if gh is not None:
+                g_out = g_out.clone()
+                g_out[:, -1] += gh
+            gx, gh, gF, *grads = backend.backward(record, g_out, gF, lam, gam)
+            pieces.append(gx)
+            grad_params = [
+                g if acc is None else (None if g is None else acc + g)
+                for acc, g in zip(grad_params, grads, strict=True)
+            ]
+        grad_x = torch.cat(pieces[::-1], dim=1)
+        return None, None, grad_x, gh if config.recurrent else None, gF, *grad_params
+
+
+def sequence(
+    layer: STPN, x: Tensor, state: STPNState, bptt_chunk: int | None = None
+) -> tuple[Tensor, STPNState]:
+    """Run ``layer`` over ``x`` ``(B, T, I)`` from ``state``: ``(output (B, T, H), state)``.
+
+    ``bptt_chunk``: keep only each chunk's starting state and recompute it in the backward.
+    """
+    T = x.shape[1]
+    chunk = T if bptt_chunk is None else min(T, bptt_chunk)
+    out, F = _STPNSequence.apply(
+        LoopConfig.of(layer), chunk, x, state.h, state.F, layer.weight, layer.bias,
+        layer.weight_lambda, layer.weight_gamma,
+    )
+    return out, type(state)(out[:, -1], F, None)
