@@ -308,3 +308,74 @@ def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.Monkey
     assert_close(final_f.F, final_r.F)
     for got, want in zip(grads_f, grads_r, strict=True):
         assert_close(got, want)
+
+
+def _saturation_case(activation: str, dtype: torch.dtype, inputs: int) -> tuple:
+    """A fast and a reference layer of 19 units (two 8-lane vectors or one 16-lane vector, plus a
+    scalar tail) and inputs whose scale grows over the batch from 1e-2 to 1e4, so the first
+    step's pre-activations sweep from below 1 to about ±1e4."""
+    torch.manual_seed(0)  # drawn in float64 and rounded, so both precisions share one case
+    fast = STPN(inputs, 19, implementation="fast", activation=activation, dtype=DOUBLE)
+    reference = STPN(inputs, 19, implementation="reference", activation=activation, dtype=DOUBLE)
+    reference.load_state_dict(fast.state_dict())
+    fast, reference = fast.to(dtype), reference.to(dtype)
+    scale = torch.logspace(-2, 4, 24, dtype=DOUBLE).view(-1, 1, 1)
+    x = (torch.randn(24, 6, inputs, dtype=DOUBLE) * scale).to(dtype).requires_grad_()
+    W = fast.weight.detach()[:, :inputs]  # h_{-1} = 0, F_0 = 0: a_0 = W x_0 / |W| + b
+    a0 = x[:, 0].detach() @ W.T / fast.weight.detach().norm(dim=1) + fast.bias.detach()
+    assert (a0.abs() < 1).any() and (a0.abs() > 1e3).any()
+    assert ((a0 > 44) & (a0 < 1e3)).any() and (a0 < -1e3).any()
+    return fast, reference, x
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float32, DOUBLE])
+@pytest.mark.parametrize("inputs", [6, 13], ids=["D25_256bit", "D32_512bit"])
+def test_saturating_activations_match_reference(
+    backend: str, activation: str, dtype: torch.dtype, inputs: int
+) -> None:
+    """Pre-activations far beyond the range of exp (overflow at 44 in float32, at 710 in
+    float64): the fast path's outputs and gradients stay finite and equal the reference's."""
+    fast, reference, x = _saturation_case(activation, dtype, inputs)
+    assert (inputs + 19) % fast_native.WIDE_ROWS == (0 if inputs == 13 else 9)
+    results = []
+    for model in (fast, reference):
+        out, final = model(x)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        loss = (out * weights).sum() + final.F.square().sum()
+        results.append((out, final.F, *torch.autograd.grad(loss, [*model.parameters(), x])))
+    # float32 at inputs of 1e4: the gradient of a normalised row cancels two terms of order
+    # |v| / |G| (v nearly parallel to G, which Hebbian memory makes it), so the two float32
+    # computations drift apart by up to about 1e-3 of the largest gradient.
+    output_tolerance, grad_tolerance = (1e-10, 1e-10) if dtype == DOUBLE else (1e-4, 1e-2)
+    for k, (got, want) in enumerate(zip(*results, strict=True)):
+        assert torch.isfinite(got).all()
+        scale = max(want.abs().max().item(), 1.0)
+        tolerance = output_tolerance if k < 2 else grad_tolerance
+        torch.testing.assert_close(got, want, atol=tolerance * scale, rtol=0)
+    out = results[0][0]
+    assert (out == (-1 if activation == "tanh" else 0)).any() and (out == 1).any()
+
+
+@pytest.mark.parametrize("options", [{}, {"norm_timing": "post"}], ids=["pre", "post"])
+def test_zero_rows_give_finite_gradients(options: dict) -> None:
+    """An all-zero efficacy row has norm 0: its gradient through the norm is 0, as in torch's
+    ``vector_norm``, not 0/0 (the fast-math build assumes no NaN or infinity). The gradients
+    still grow by 1/eps = 1e16 per step back, so float32 overflows here, for the reference too.
+    The C loop only: the torch fallback still divides 0 by 0 there."""
+    if fast_native.library(DOUBLE) is None:
+        pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
+    fast = STPN(5, 4, implementation="fast", bias=False, dtype=DOUBLE, **options)
+    reference = STPN(5, 4, implementation="reference", bias=False, dtype=DOUBLE, **options)
+    with torch.no_grad():
+        fast.weight.zero_()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 4, 5, dtype=DOUBLE, requires_grad=True)
+    grads = []
+    for model in (fast, reference):
+        out, final = model(x)
+        loss = out.sum() + final.F.sum()
+        grads.append(torch.autograd.grad(loss, [*model.parameters(), x]))
+    for got, want in zip(*grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=0, rtol=1e-10)

@@ -34,16 +34,27 @@ static REAL *scratch(long n) {
     return aligned_alloc(64, bytes);
 }
 
-/* h = act(a) in place over one sample's units, vectorised (exp from the vector math library). */
+/* h = act(a) in place over one sample's units, vectorised (exp from the vector math library).
+ * Both activations take exp of -|a| only, so its value lies in (0, 1] for any finite a: under
+ * -ffast-math a vector division becomes a reciprocal estimate refined by a Newton step, which
+ * turns a zero or infinite divisor into NaN, so no divisor may overflow (the former
+ * 1 - 2/(exp(2a) + 1) gave NaN in float32 from a = 44 on). The divisors here lie in [1, 2], and
+ * the results saturate to exactly +-1, 0 or 1 as torch.tanh and torch.sigmoid do. */
 static void activate_all(REAL *h, long H, int act) {
     switch (act) {
     case 0:
 #pragma omp simd
-        for (long i = 0; i < H; i++) h[i] = 1 - 2 / (exp(2 * h[i]) + 1);
+        for (long i = 0; i < H; i++) {
+            const REAL e = exp(-2 * fabs(h[i])), t = (1 - e) / (1 + e);
+            h[i] = h[i] < 0 ? -t : t;
+        }
         break;
     case 1:
 #pragma omp simd
-        for (long i = 0; i < H; i++) h[i] = 1 / (1 + exp(-h[i]));
+        for (long i = 0; i < H; i++) {
+            const REAL e = exp(-fabs(h[i])), p = 1 / (1 + e);
+            h[i] = h[i] < 0 ? e * p : p;
+        }
         break;
     case 2:
 #pragma omp simd
@@ -205,7 +216,7 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
                 REAL dot = 0;
 #pragma omp simd reduction(+ : dot)
                 for (long j = 0; j < D; j++) dot += gFi[j] * Fni[j];
-                const REAL k = dot / (n2 * r2), inv2 = 1 / n2;
+                const REAL k = r2 > 0 ? dot / (n2 * r2) : 0, inv2 = 1 / n2; /* 0 at a zero row, as torch */
 #pragma omp simd
                 for (long j = 0; j < D; j++) {
                     const REAL wc = Wi[j] + n2 * Fni[j];
@@ -262,7 +273,7 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
                 gs[i] = ga * in;
                 REAL gn = -ga * S[i] * in * in;
                 if (!c->post) gn -= pre_dot[i] * in * in;
-                coef[i] = gn / r;
+                coef[i] = r > 0 ? gn / r : 0; /* a zero row: vector_norm's gradient is 0 */
                 pinv[i] = c->post ? 1 : in;
             } else {
                 gs[i] = ga;
