@@ -337,7 +337,7 @@ def test_saturating_activations_match_reference(
     """Pre-activations far beyond the range of exp (overflow at 44 in float32, at 710 in
     float64): the fast path's outputs and gradients stay finite and equal the reference's."""
     fast, reference, x = _saturation_case(activation, dtype, inputs)
-    assert (inputs + 19) % fast_native.WIDE_ROWS == (0 if inputs == 13 else 9)
+    assert (inputs + 19) % backend_c.WIDE_ROWS == (0 if inputs == 13 else 9)
     results = []
     for model in (fast, reference):
         out, final = model(x)
@@ -363,7 +363,7 @@ def test_zero_rows_give_finite_gradients(options: dict) -> None:
     ``vector_norm``, not 0/0 (the fast-math build assumes no NaN or infinity). The gradients
     still grow by 1/eps = 1e16 per step back, so float32 overflows here, for the reference too.
     The C loop only: the torch fallback still divides 0 by 0 there."""
-    if fast_native.library(DOUBLE) is None:
+    if backend_c.library(DOUBLE) is None:
         pytest.fail("the C loop did not build; a C compiler (cc) is needed for this test")
     fast = STPN(5, 4, implementation="fast", bias=False, dtype=DOUBLE, **options)
     reference = STPN(5, 4, implementation="reference", bias=False, dtype=DOUBLE, **options)
