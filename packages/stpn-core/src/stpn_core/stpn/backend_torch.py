@@ -120,7 +120,8 @@ def backward(
         if R2 is not None:
             n2 = (R2[:, t] + NORM_EPS).unsqueeze(-1)
             F_next = memories[:, t + 1]
-            k = torch.linalg.vecdot(gF, F_next).unsqueeze(-1) / (n2 * R2[:, t].unsqueeze(-1))
+            r2 = R2[:, t].unsqueeze(-1)  # a zero row: vector_norm's gradient is 0, not 0/0
+            k = torch.where(r2 > 0, torch.linalg.vecdot(gF, F_next).unsqueeze(-1) / (n2 * r2), 0)
             K[:, t] = k.squeeze(-1)
             # ∂/∂C of C / (||W + C|| + eps), with C = F_{t+1} n2
             torch.div(gF, n2, out=gP)
@@ -146,7 +147,7 @@ def backward(
             if not config.post:
                 gn = gn - torch.linalg.vecdot(gF, F) / (n * n)
                 gF.div_(n.unsqueeze(-1))
-            c = gn / R[:, t]
+            c = torch.where(R[:, t] > 0, gn / R[:, t], 0)
             CN[:, t] = c
             gF.addcmul_(G, c.unsqueeze(-1))
         else:
