@@ -7,6 +7,7 @@ Mirrors ``torch.nn.LSTM``: ``forward(x, state=None) -> (output, state)``, with t
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -108,17 +109,27 @@ def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: boo
         raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"x: expected a 3-D tensor {layout}, got shape {tuple(x.shape)}")
+    if x.shape[1 if batch_first else 0] == 0:
+        raise ValueError(f"x: expected at least one time step, got an empty sequence {layout}"
+                         f" of shape {tuple(x.shape)}")
     if x.shape[-1] != input_size:
         raise ValueError(f"x: expected input_size={input_size} features, got {x.shape[-1]}")
     if x.dtype != like.dtype:
         raise TypeError(f"x: dtype {x.dtype} does not match the model's parameters ({like.dtype})")
     if x.device != like.device:
         raise ValueError(f"x: device {x.device} does not match the model's ({like.device})")
-    # One reduction (a tenth of the time of an element-wise isfinite at the ART size): any NaN
-    # or infinity makes the sum non-finite; only then is the exact element-wise check paid for,
-    # so that huge finite values whose sum overflows are not refused.
-    if not torch.isfinite(x.detach().sum()) and not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("x: contains NaN or infinite values")
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """Whether ``tensor`` holds no NaN or infinity.
+
+    One reduction (a tenth of the time of an element-wise ``isfinite`` at the ART size): any NaN
+    or infinity makes the sum non-finite; only then is the exact element-wise check paid for,
+    so that huge finite values whose sum overflows are not refused.
+    """
+    return bool(torch.isfinite(tensor.detach().sum())) or bool(torch.isfinite(tensor).all())
 
 
 def check_state(state: Any, expected: NamedTuple) -> None:
@@ -142,6 +153,8 @@ def check_state(state: Any, expected: NamedTuple) -> None:
                 f"state.{name}: expected {want.dtype} on {want.device}, "
                 f"got {got.dtype} on {got.device}"
             )
+        if not all_finite(got):
+            raise ValueError(f"state.{name}: contains NaN or infinite values")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -150,9 +163,13 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """Raise unless ``value`` is an int ≥ 1 (sizes, step counts)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+def check_positive_int(name: str, value: Any) -> int:
+    """Raise unless ``value`` is an integer ≥ 1 (sizes, step counts); return it as an ``int``.
+
+    NumPy integers count (gymnasium's ``action_space.n`` is one); bools and floats do not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)

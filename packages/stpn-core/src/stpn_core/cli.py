@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-__all__ = ["ArgumentParser", "CommandError", "run_command"]
+__all__ = ["ArgumentParser", "CommandError", "env_flag", "run_command"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -38,6 +38,23 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to a true word (``1``, ``true``, ``yes``,
+    ``on``; any case). Unset or a false word (``0``, ``false``, ...) is ``False``, so that
+    ``NAME=0`` means off; anything else raises ``ValueError`` naming the variable."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    words = "/".join(TRUE_WORDS) + " or " + "/".join(w for w in FALSE_WORDS if w)
+    raise ValueError(f"{name}: expected {words}, got {os.environ[name]!r}")
+
+
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     if isinstance(error, CommandError):
@@ -54,7 +71,11 @@ def run_command(main: Callable[[Sequence[str] | None], object],
     """Run ``main(argv)`` and exit: 0 on success (or ``main``'s integer return value), 2 with one
     ``error: ...`` line on stderr for any exception, 130 on Ctrl-C."""
     arguments = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in arguments or os.environ.get("STPN_DEBUG", "") not in ("", "0")
+    try:
+        debug = "--debug" in arguments or env_flag("STPN_DEBUG")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
     try:
         result = main(arguments)
     except SystemExit:

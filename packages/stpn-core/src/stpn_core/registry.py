@@ -105,10 +105,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _check_head_sizes(head_sizes: Iterable[int]) -> tuple[int, ...]:
-    sizes = tuple(head_sizes)
-    for size in sizes:
-        check_positive_int("head_sizes", size)
-    return sizes
+    return tuple(check_positive_int("head_sizes", size) for size in head_sizes)
 
 
 def parameters_with_heads(

@@ -31,12 +31,16 @@ def check_real(name: str, value: Any, *, positive: bool = False) -> None:
         raise ValueError(f"{name}: expected {kind}, got {value}")
 
 
-def check_layer_arguments(input_size: Any, hidden_size: Any, bias: Any, batch_first: Any) -> None:
-    """The checks every baseline constructor shares (sizes and the two layout flags)."""
-    check_positive_int("input_size", input_size)
-    check_positive_int("hidden_size", hidden_size)
+def check_layer_arguments(
+    input_size: Any, hidden_size: Any, bias: Any, batch_first: Any
+) -> tuple[int, int]:
+    """The checks every baseline constructor shares (sizes and the two layout flags); returns
+    the sizes as ``int`` (they may come as NumPy integers)."""
     check_bool("bias", bias)
     check_bool("batch_first", batch_first)
+    sizes = (check_positive_int("input_size", input_size),
+             check_positive_int("hidden_size", hidden_size))
+    return sizes
 
 
 class SteppedModel(RecurrentModel):

@@ -74,7 +74,7 @@ class FastWeights(SteppedModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_layer_arguments(input_size, hidden_size, bias, batch_first)
+        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
         check_positive_int("inner_steps", inner_steps)
         check_real("decay", decay)
         check_real("rate", rate)

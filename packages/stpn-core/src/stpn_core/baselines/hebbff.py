@@ -58,7 +58,7 @@ class HebbFF(SteppedModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_layer_arguments(input_size, hidden_size, bias, batch_first)
+        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
         check_bool("anti_hebbian", anti_hebbian)
         self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.anti_hebbian = anti_hebbian

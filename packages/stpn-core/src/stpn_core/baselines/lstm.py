@@ -42,7 +42,7 @@ class LSTM(RecurrentModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_layer_arguments(input_size, hidden_size, bias, batch_first)
+        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
         self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.lstm = nn.LSTM(
             input_size, hidden_size, bias=bias, batch_first=True, device=device, dtype=dtype

@@ -61,7 +61,7 @@ class DifferentiablePlasticity(SteppedModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_layer_arguments(input_size, hidden_size, bias, batch_first)
+        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
         check_choice("mode", mode, MODES)
         if clamp is not None:
             check_real("clamp", clamp, positive=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from stpn_core.cli import env_flag
 from stpn_core.stpn.loop import LoopConfig, Record, hebbian_rate, rate_grads
 from stpn_core.stpn.reference import ACTIVATIONS, NORM_EPS
 
@@ -106,7 +107,7 @@ def _build(real: str, width: int) -> Path | None:
 def library(dtype: torch.dtype, width: int = 256) -> ctypes.CDLL | None:
     """The loop compiled for ``dtype`` (float32 or float64) with ``width``-bit vectors, or
     ``None`` when unavailable."""
-    if os.environ.get("STPN_DISABLE_NATIVE") or dtype not in REAL_TYPES:
+    if env_flag("STPN_DISABLE_NATIVE") or dtype not in REAL_TYPES:
         return None
     try:
         path = _build(REAL_TYPES[dtype], width)

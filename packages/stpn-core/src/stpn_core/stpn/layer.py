@@ -112,8 +112,8 @@ class _STPNBase(RecurrentModel):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
+        input_size = check_positive_int("input_size", input_size)
+        hidden_size = check_positive_int("hidden_size", hidden_size)
         options = {
             "rule": rule,
             "update": update,
