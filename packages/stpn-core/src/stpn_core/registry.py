@@ -8,6 +8,7 @@ budget. :func:`paper_preset` gives the hidden sizes and options of the paper's c
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -189,15 +190,31 @@ _PRESETS: Mapping[str, Mapping[str, PaperPreset]] = MappingProxyType(
             "stpnf_scalar": PaperPreset("stpnf_scalar", 181, {}),
             "hebbff": PaperPreset("hebbff", 181, {"anti_hebbian": True}),
         },
+        # Continual familiarity (Tyulmankov et al. 2022): input d = 100, one head Linear(H, 1);
+        # about 10.3k parameters each. Γ is drawn U(±0.001/√H) (U(±0.001/H) for the scalar
+        # recurrent STPN), whose scale here is relative to 1/√fan of each layer's own init;
+        # HebbFF's plasticity sign is free, as in Tyulmankov's runs. The W ~ N(0, 1)/√fan_in and
+        # b ~ N(0, 1) of that code are drawn by the task's module (stpn_supervised, init="normal").
+        "familiarity": {
+            "hebbff": PaperPreset("hebbff", 100, {"anti_hebbian": False}),
+            "ustpnf": PaperPreset("stpnf_scalar", 100, {"gamma_init_scale": 0.001}),
+            "stpnf": PaperPreset("stpnf", 34, {"gamma_init_scale": 0.001 * math.sqrt(100 / 34)}),
+            "ustpnr": PaperPreset("stpn_scalar", 62, {"gamma_init_scale": 0.001 / math.sqrt(62)}),
+            "stpnr": PaperPreset("stpn", 27, {}),
+            "lstm": PaperPreset("lstm", 21, {}),
+        },
     }
 )
 
-PRESET_HEADS: Mapping[str, tuple[int, ...]] = MappingProxyType({"ar": (37,), "maze": (4, 1)})
+PRESET_HEADS: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {"ar": (37,), "maze": (4, 1), "familiarity": (1,)}
+)
 """Output sizes of each task's heads, for :func:`parameters_with_heads`."""
 
 
 def paper_preset(task: str, model: str) -> PaperPreset:
-    """Hidden size and options of the paper's ``model`` for ``task`` (``"ar"`` or ``"maze"``).
+    """Hidden size and options of the paper's ``model`` for ``task`` (``"ar"``, ``"maze"`` or
+    ``"familiarity"``).
 
     Sizes are the paper's budget-matched ones (spec §3.7). The STPN presets use the textbook
     presynaptic vector ``[x_t; h_{t-1}]`` (spec §1.5) and every known artefact of the original

@@ -14,20 +14,17 @@ in two splits (about 40 of 20 000 test sequences at the paper's sizes, out of 46
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from stpn_core.files import atomic_path
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
+
+from stpn_supervised.datacache import ArrayCache, Arrays, check_int
 
 NUM_KEYS = 26
 """Letters a–z (indices 0–25), the keys."""
@@ -42,14 +39,6 @@ FORMAT_VERSION = 1
 """Bump when the generator changes, so that old cache files are not reused."""
 
 
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name}: expected an int {bound}, got {value}")
-
-
 def sequence_length(num_pairs: int) -> int:
     """``2 * num_pairs + 3``: the pairs, two '?' symbols and the query key."""
     return 2 * num_pairs + 3
@@ -62,8 +51,8 @@ def generate(num_sequences: int, num_pairs: int, rng: np.random.Generator) -> tu
     Returns ``tokens`` ``(N, 2n+3)`` uint8 symbol indices and ``targets`` ``(N,)`` int64 class
     indices (always a digit, 26–35).
     """
-    _check_int("num_sequences", num_sequences, 0)
-    _check_int("num_pairs", num_pairs, 1, NUM_KEYS)
+    check_int("num_sequences", num_sequences, 0)
+    check_int("num_pairs", num_pairs, 1, NUM_KEYS)
     rows = np.arange(num_sequences)
     # Distinct keys: the first num_pairs letters of a random permutation of the 26 per sequence.
     keys = np.argsort(rng.random((num_sequences, NUM_KEYS)), axis=1)[:, :num_pairs]
@@ -114,12 +103,12 @@ class AssociativeRetrievalDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        _check_int("num_pairs", num_pairs, 1, NUM_KEYS)
+        check_int("num_pairs", num_pairs, 1, NUM_KEYS)
         for name, size in (("train_size", train_size), ("val_size", val_size),
                            ("test_size", test_size), ("batch_size", batch_size)):
-            _check_int(name, size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("num_workers", num_workers, 0)
+            check_int(name, size, 1)
+        check_int("seed", seed, 0)
+        check_int("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.num_pairs, self.batch_size, self.seed = num_pairs, batch_size, seed
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
@@ -137,46 +126,27 @@ class AssociativeRetrievalDataModule(L.LightningDataModule):
                 "size": self.sizes[split], "num_pairs": self.num_pairs, "seed": self.seed}
 
     def cache_path(self, split: str) -> Path:
-        key = json.dumps(self.cache_key(split), sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return self.data_dir / f"ar_{split}_{digest}.npz"
+        return self._cache(split).path(self.cache_key(split))
 
-    def _generate(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def _cache(self, split: str) -> ArrayCache:
+        return ArrayCache(self.data_dir, f"ar_{split}")
+
+    def _generate(self, split: str) -> Arrays:
         rng = np.random.default_rng(_split_seed(self.seed, split))
-        return generate(self.sizes[split], self.num_pairs, rng)
-
-    def _write(self, split: str, tokens: np.ndarray, targets: np.ndarray) -> None:
-        """Atomic: write a temporary file in the cache folder, then rename it into place, so a
-        concurrent reader (another rank, another run) never sees half a file."""
-        key = json.dumps(self.cache_key(split), sort_keys=True)
-        with atomic_path(self.cache_path(split)) as temporary, temporary.open("wb") as file:
-            np.savez(file, tokens=tokens, targets=targets, key=np.array(key))
-
-    def _read(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cached split, or ``None`` (with a warning) when the file is unreadable or does not
-        hold what its name promises; ``None`` without a warning when there is no file yet."""
-        path = self.cache_path(split)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                tokens, targets, key = data["tokens"], data["targets"], str(data["key"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            warnings.warn(f"regenerating {path}: unreadable cache file ({exc})", stacklevel=3)
-            return None
-        expected = (self.sizes[split], self.sequence_length)
-        if (key != json.dumps(self.cache_key(split), sort_keys=True) or tokens.shape != expected
-                or targets.shape != expected[:1] or tokens.max(initial=0) >= VOCAB_SIZE):
-            warnings.warn(f"regenerating {path}: its content does not match its key", stacklevel=3)
-            return None
-        return tokens, targets
+        tokens, targets = generate(self.sizes[split], self.num_pairs, rng)
+        return {"tokens": tokens, "targets": targets}
 
     def _load_or_generate(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._read(split)
-        if cached is None:
-            cached = self._generate(split)
-            self._write(split, *cached)
-        return cached
+        expected = (self.sizes[split], self.sequence_length)
+
+        def valid(arrays: Arrays) -> bool:
+            tokens, targets = arrays["tokens"], arrays["targets"]
+            return (tokens.shape == expected and targets.shape == expected[:1]
+                    and tokens.max(initial=0) < VOCAB_SIZE)
+
+        arrays = self._cache(split).load_or_generate(
+            self.cache_key(split), ("tokens", "targets"), lambda: self._generate(split), valid)
+        return arrays["tokens"], arrays["targets"]
 
     def prepare_data(self) -> None:
         """Generate and cache every split once (Lightning calls this on one process per node);

@@ -36,16 +36,51 @@ class StepProfile(Metric):
         return self.total / self.count
 
 
-class SequenceClassifier(L.LightningModule):
-    """Classify a sequence from the model's output at its last step (many-to-one).
+class RecurrentTaskModule(L.LightningModule):
+    """What every task module shares: a ``stpn_core`` model as its core, Adam, and the parameter
+    count (heads included) in the logger. Subclasses add their read-out, then call
+    :meth:`_count_parameters`.
 
     Args:
         name: a name of ``stpn_core.MODELS`` (``stpn``, ``lstm``, ``fast_weights``, …).
-        hidden_size: units of the recurrent model (the paper's budget-matched sizes are in the
-            configs and in ``stpn_core.paper_preset("ar", model)``).
+        hidden_size: units of the recurrent model.
         model_options: keyword options of ``stpn_core.build_model`` for that model.
-        input_size, num_classes: one-hot width and classes (37 for associative retrieval).
+        input_size: features of each input step.
         lr: Adam learning rate (paper: 1e-3, default betas, no weight decay).
+    """
+
+    def __init__(self, name: str, hidden_size: int, model_options: dict[str, Any] | None,
+                 input_size: int, lr: float) -> None:
+        super().__init__()
+        if name not in MODELS:
+            raise ValueError(f"name: expected one of {', '.join(MODELS)}; got {name!r}")
+        for argument, value in (("hidden_size", hidden_size), ("input_size", input_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{argument}: expected a positive int, got {value!r}")
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        self.model_name, self.lr = name, float(lr)
+        self.core = build_model(name, input_size, hidden_size, **(model_options or {}))
+        self.num_parameters = 0
+
+    def _count_parameters(self) -> None:
+        self.num_parameters = count_parameters(self)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams({"params": self.num_parameters})
+
+
+class SequenceClassifier(RecurrentTaskModule):
+    """Classify a sequence from the model's output at its last step (many-to-one).
+
+    Args:
+        name, hidden_size, model_options, lr: see :class:`RecurrentTaskModule` (the paper's
+            budget-matched sizes are in the configs and in ``stpn_core.paper_preset("ar", m)``).
+        input_size, num_classes: one-hot width and classes (37 for associative retrieval).
     """
 
     def __init__(
@@ -57,20 +92,12 @@ class SequenceClassifier(L.LightningModule):
         num_classes: int = VOCAB_SIZE,
         lr: float = 1e-3,
     ) -> None:
-        super().__init__()
-        if name not in MODELS:
-            raise ValueError(f"name: expected one of {', '.join(MODELS)}; got {name!r}")
-        for argument, value in (("hidden_size", hidden_size), ("input_size", input_size),
-                                ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{argument}: expected a positive int, got {value!r}")
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
-            raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        super().__init__(name, hidden_size, model_options, input_size, lr)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
         self.save_hyperparameters()
-        self.model_name, self.lr = name, float(lr)
-        self.core = build_model(name, input_size, hidden_size, **(model_options or {}))
         self.readout = nn.Linear(self.core.output_size, num_classes)
-        self.num_parameters = count_parameters(self)
+        self._count_parameters()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -83,13 +110,6 @@ class SequenceClassifier(L.LightningModule):
         for every sequence (the paper's stateless setting)."""
         output, _ = self.core(x)
         return self.readout(output[:, -1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-    def on_fit_start(self) -> None:
-        for logger in self.loggers:
-            logger.log_hyperparams({"params": self.num_parameters})
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
