@@ -202,10 +202,12 @@ class FamiliarityDataModule(L.LightningDataModule):
                 self._cached(split)
 
     def setup(self, stage: str | None = None) -> None:
-        """Hold the fixed sets in memory: the ``dat`` training sequence, the validation set
-        (cached in ``dat`` mode, drawn in ``inf`` mode) and the test set (always fresh: drawn
-        from its own stream, never seen in training)."""
-        for split in ("train", "val", "test"):
+        """Hold the fixed sets ``stage`` needs in memory: the ``dat`` training sequence, the
+        validation set (cached in ``dat`` mode, drawn in ``inf`` mode) and the test set (always
+        fresh: drawn from its own stream, never seen in training)."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": ("test",)}.get(stage or "", STREAMS)
+        for split in needed:
             if split in self.fixed or (split == "train" and self.mode == "inf"):
                 continue
             cached = self.mode == "dat" and split != "test"
@@ -213,8 +215,8 @@ class FamiliarityDataModule(L.LightningDataModule):
             self.fixed[split] = _as_tensors(arrays)
 
     def _loader(self, split: str) -> DataLoader:
-        if not self.fixed:
-            self.setup()
+        if split not in self.fixed:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         if split == "train":
             dataset = _Batches(self, "train", self.fixed.get("train"))
             return DataLoader(dataset, batch_size=None,

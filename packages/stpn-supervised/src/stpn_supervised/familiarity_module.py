@@ -10,18 +10,23 @@ one that forgets too slowly gains false ones.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryStatScores
 
+from stpn_supervised.familiarity import FamiliarityDataModule
 from stpn_supervised.module import RecurrentTaskModule, StepProfile
 
 INITS = ("default", "normal")
 STAGES = ("train", "val", "test")
+R_TEST = tuple(range(1, 20))
+"""Repeat distances of the generalisation test (1 to 19, as in the paper's familiarity runs)."""
 
 
 def normal_init(module: nn.Module) -> None:
@@ -143,3 +148,32 @@ class FamiliarityClassifier(RecurrentTaskModule):
         if self.test_energy_sequence.update_called:
             self.log("test/energy_per_sequence", self.test_energy_sequence.compute())
             self.energy_profile = self.test_profile.compute().tolist()
+
+
+def generalisation(module: FamiliarityClassifier, repeat_distances: Iterable[int] = R_TEST, *,
+                   energy_at: int | None = None, **data_options: Any) -> list[dict[str, Any]]:
+    """Test ``module`` on fresh sequences at every repeat distance of ``repeat_distances``.
+
+    Returns one row per distance: ``repeat_distance``, ``acc``, ``tpr``, ``fpr`` and ``loss``
+    (and ``energy``, ``energy_per_sequence`` at ``energy_at``, whose per-step profile is left in
+    ``module.energy_profile``; energy costs a pass of the model's per-step energy loop, so it is
+    measured once). ``data_options`` are those of :class:`FamiliarityDataModule` (``seed``,
+    ``seq_len``, ``test_sequences``, …) except ``repeat_distance``.
+    """
+    trainer = L.Trainer(devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    rows = []
+    try:
+        for distance in repeat_distances:
+            module.measure_test_energy = distance == energy_at
+            data = FamiliarityDataModule(repeat_distance=distance, **data_options)
+            metrics = trainer.test(module, data, verbose=False)[0]
+            row: dict[str, Any] = {"repeat_distance": distance}
+            row.update({key: metrics[f"test/{key}"] for key in ("acc", "tpr", "fpr", "loss")})
+            if module.measure_test_energy:
+                row["energy"] = metrics["test/energy"]
+                row["energy_per_sequence"] = metrics["test/energy_per_sequence"]
+            rows.append(row)
+    finally:
+        module.measure_test_energy = True
+    return rows
