@@ -22,7 +22,6 @@ from stpn_analysis import (
     format_table,
     load_plasticity,
     load_runs,
-    maze_references,
     model_colour,
     plot_reward_curves,
     plot_validation_accuracy,
@@ -30,9 +29,12 @@ from stpn_analysis import (
     write_report,
 )
 from stpn_analysis.__main__ import main
+from stpn_analysis.report import _figures
 from stpn_core import STPN
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What a 9x9 maze run records (stpn_rl computes them for the run's own maze); any numbers do here.
+REFERENCES_9 = {"random": 14.76, "oracle": 419.03}
 SEEDS = (0, 1, 2)
 EPOCHS = 5
 
@@ -93,7 +95,7 @@ def _write_tree(root: Path) -> dict:
     run = root / "maze" / "stpn" / "seed0"
     (run / "logs").mkdir(parents=True)
     (run / "checkpoints").mkdir()
-    metrics = _metrics("maze", "stpn", 0, rng)
+    metrics = _metrics("maze", "stpn", 0, rng) | {"references": REFERENCES_9}
     (run / "metrics.json").write_text(json.dumps(metrics))
     steps = np.arange(1, 11) * 1000
     progress = pd.DataFrame({"time/total_timesteps": steps, "rollout/ep_rew_mean": steps / 100})
@@ -205,7 +207,7 @@ def test_figures_show_the_data(tree: tuple[Path, dict]) -> None:
     assert model_colour("lstm") == "brown" and model_colour("rnn") == "red"
     assert model_colour("some_new_model") == model_colour("some_new_model")
 
-    references = maze_references()
+    references = REFERENCES_9
     axes = plot_reward_curves(runs, "maze", references).axes[0]
     levels = {line.get_label().split()[0]: line.get_ydata()[0] for line in axes.get_lines()}
     assert levels["random"] == references["random"] and levels["oracle"] == references["oracle"]
@@ -213,6 +215,34 @@ def test_figures_show_the_data(tree: tuple[Path, dict]) -> None:
     np.testing.assert_allclose(curve.get_ydata(), curve.get_xdata() / 100)
     with pytest.raises(ValueError, match="task"):
         plot_validation_accuracy(runs, "pong")
+
+
+def _reference_levels(runs: list) -> dict[str, float]:
+    axes = _figures(runs)["maze_reward"].axes[0]
+    return {line.get_label().split()[0]: line.get_ydata()[0] for line in axes.get_lines()
+            if line.get_label().split()[0] in ("random", "oracle")}
+
+
+def test_report_draws_the_references_the_maze_runs_recorded(tree: tuple[Path, dict]) -> None:
+    root, _ = tree
+    assert _reference_levels(load_runs(root)) == REFERENCES_9
+    # A second seed on another maze: the lines would be wrong for one of them, so none are drawn.
+    other = root / "maze" / "stpn" / "seed1"
+    shutil.copytree(root / "maze" / "stpn" / "seed0", other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics |= {"seed": 1, "references": {"random": 5.43, "oracle": 270.66}}
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.warns(UserWarning, match="different references"):
+        assert _reference_levels(load_runs(root)) == {}
+    # A run without references (older format) or with a malformed entry draws none from it.
+    metrics["references"] = {"random": "high"}
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.warns(UserWarning, match="references must map names to numbers"):
+        assert _reference_levels(load_runs(root)) == REFERENCES_9
+    for run in ("seed0", "seed1"):
+        path = root / "maze" / "stpn" / run / "metrics.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"references": None}))
+    assert _reference_levels(load_runs(root)) == {}
 
 
 def test_bad_run_files_are_skipped_with_a_warning(tree: tuple[Path, dict]) -> None:

@@ -1,23 +1,41 @@
-"""The maze of spec §6.1–6.2: layout, moves, reward and teleport, observation, episode length,
-and the vectorised env against the single one."""
+"""The maze of spec §6.1–6.2: options, layout, moves, reward and teleport, observation, episode
+length, and the vectorised env against the single one."""
+
+import math
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_util import make_vec_env
-from stpn_rl.envs import MAZE_ID, MazeAgents, MazeEnv, MazeVecEnv, maze_walls
+from stpn_rl.envs import MAZE_ID, MazeAgents, MazeEnv, MazeOptions, MazeVecEnv, maze_walls
 
 UP, DOWN, LEFT, RIGHT = range(4)
+SPEC_13 = """\
+1111111111111
+1000000000001
+1010101010101
+1000000000001
+1010101010101
+1000000000001
+1010100010101
+1000000000001
+1010101010101
+1000000000001
+1010101010101
+1000000000001
+1111111111111"""
 
 
 def cell(agents: MazeAgents, row: int, col: int) -> int:
     return row * agents.size + col
 
 
-def test_the_13x13_maze_has_97_open_cells() -> None:
-    # The layout itself is stpn_analysis.maze_walls, checked against the spec's drawing there.
-    assert len(MazeAgents(1).open_cells) == 97
+def test_the_default_maze_is_the_papers_13x13_layout_with_97_open_cells() -> None:
+    assert MazeOptions() == MazeOptions(size=13, episode_length=200, reward=10.0, wall_penalty=0)
+    walls = maze_walls(13)
+    assert "\n".join("".join(str(int(v)) for v in row) for row in walls) == SPEC_13
+    assert len(MazeAgents(1).open_cells) == 97 == int((~walls).sum())
 
 
 @pytest.mark.parametrize("size", [5, 7, 9])
@@ -37,8 +55,19 @@ def test_first_observation_layout() -> None:
     np.testing.assert_array_equal(obs[13:], np.zeros(4))  # no previous action at step 0
 
 
+def test_reward_option_sets_the_payout_and_the_observation_bounds() -> None:
+    env = MazeEnv(size=5, reward=3.0, wall_penalty=0.5)
+    assert env.observation_space.low.min() == -0.5 and env.observation_space.high.max() == 3.0
+    agents = env.agents
+    env.reset(seed=0)
+    agents.reward_cell[0] = cell(agents, 1, 2)
+    agents.position[0] = cell(agents, 1, 1)
+    _, reward, *_ = env.step(RIGHT)
+    assert reward == 3.0
+
+
 def test_walls_block_and_cost_the_wall_penalty() -> None:
-    agents = MazeAgents(1, size=7, wall_penalty=0.5)
+    agents = MazeAgents(1, MazeOptions(size=7, wall_penalty=0.5))
     agents.reset([0])
     agents.reward_cell[0] = cell(agents, 5, 5)
     agents.position[0] = cell(agents, 1, 1)
@@ -54,7 +83,7 @@ def test_walls_block_and_cost_the_wall_penalty() -> None:
 
 
 def test_reward_pays_ten_and_teleports_elsewhere_uniformly() -> None:
-    agents = MazeAgents(1, size=7)
+    agents = MazeAgents(1, MazeOptions(size=7))
     agents.reset([0])
     target = cell(agents, 1, 2)
     agents.reward_cell[0] = target
@@ -109,11 +138,32 @@ def test_vectorised_env_equals_single_envs_under_the_same_seed() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("size", 4), ("size", 3), ("size", 7.0), ("episode_length", 0), ("wall_penalty", "x")],
+    [
+        ("size", 4),
+        ("size", 3),
+        ("size", 7.0),
+        ("size", True),
+        ("episode_length", 0),
+        ("reward", math.nan),
+        ("reward", "10"),
+        ("wall_penalty", "x"),
+        ("reward_value", 10.0),  # the option is called reward
+    ],
 )
 def test_bad_options_are_rejected_by_name(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=option):
         MazeVecEnv(2, **{option: value})
+    with pytest.raises(ValueError, match=option):
+        gym.make(MAZE_ID, **{option: value})
+
+
+def test_options_are_stored_as_plain_numbers() -> None:
+    options = MazeOptions(size=np.int64(9), episode_length=np.int32(50), reward=5, wall_penalty=1)
+    assert options == MazeOptions(9, 50, 5.0, 1.0)
+    assert [type(v) for v in vars(options).values()] == [int, int, float, float]
+    assert MazeOptions.names() == ("size", "episode_length", "reward", "wall_penalty")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]; valid: \['size'"):
+        MazeOptions.from_mapping({"colour": "red"})
 
 
 def test_bad_actions_are_rejected() -> None:

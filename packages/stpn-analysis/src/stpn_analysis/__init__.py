@@ -8,15 +8,6 @@ checkpoints); it never imports them, so a runs folder can be analysed anywhere.
     write_report("runs/ar")          # summary.csv, summary.md, figures/*.png
 """
 
-from stpn_analysis.maze import (
-    bfs_distances,
-    check_maze_options,
-    manhattan_estimate,
-    maze_references,
-    maze_walls,
-    oracle_reward,
-    random_policy_reward,
-)
 from stpn_analysis.plots import (
     model_colour,
     plot_energy_profile,
@@ -34,22 +25,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Run",
-    "bfs_distances",
-    "check_maze_options",
     "format_table",
     "load_plasticity",
     "load_runs",
-    "manhattan_estimate",
-    "maze_references",
-    "maze_walls",
     "model_colour",
-    "oracle_reward",
     "plot_energy_profile",
     "plot_plasticity",
     "plot_proficiency_energy",
     "plot_reward_curves",
     "plot_validation_accuracy",
-    "random_policy_reward",
     "save_figure",
     "summarise",
     "write_report",

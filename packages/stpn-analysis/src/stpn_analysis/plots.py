@@ -159,7 +159,8 @@ def plot_reward_curves(
     runs: Sequence[Run], task: str, references: Mapping[str, float] | None = None
 ) -> Figure:
     """Mean episode reward against environment steps (SB3 ``logs/progress.csv``), mean ± std
-    over seeds on a common grid, with horizontal reference lines (e.g. ``maze_references()``)."""
+    over seeds on a common grid, with horizontal reference lines (e.g. the ``references`` a maze
+    run records in ``metrics.json``: ``{"random": ..., "oracle": ...}``)."""
     figure, ax = _new_axes(
         f"{task}: training reward", "environment steps", "mean episode reward (reward / episode)"
     )

@@ -1,17 +1,21 @@
 """``write_report``: the table and every figure the runs have data for, written to disk.
 
 A figure is drawn only where the runs hold its data (an ART run has no reward curve, an LSTM no
-Λ/Γ), so one call covers a supervised runs tree, an RL one, or both under one root.
+Λ/Γ), so one call covers a supervised runs tree, an RL one, or both under one root. Reference
+lines on a reward figure are the ``references`` the runs recorded for their own environment
+(a maze run: random policy and oracle on its maze), never recomputed here.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from stpn_core.files import write_text_atomic
 
-from stpn_analysis.maze import maze_references
 from stpn_analysis.plots import (
     plot_energy_profile,
     plot_plasticity,
@@ -28,6 +32,34 @@ def _has_columns(runs: list[Run], *columns: str) -> bool:
     return any(r.curves is not None and set(columns) <= set(r.curves.columns) for r in runs)
 
 
+def _is_references(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in value.values()
+    )
+
+
+def _references(runs: list[Run], task: str) -> Mapping[str, float] | None:
+    """The reference rewards the runs of ``task`` recorded, if they all recorded the same ones;
+    runs on different environments (e.g. maze sizes) disagree, and then none are drawn."""
+    recorded = []
+    for run in runs:
+        references = run.metrics.get("references")
+        if references is not None and not _is_references(references):
+            message = f"{run.path}: metrics.json references must map names to numbers; ignored"
+            warnings.warn(message, stacklevel=3)
+        elif references:
+            recorded.append(references)
+    if any(references != recorded[0] for references in recorded[1:]):
+        warnings.warn(
+            f"runs of task {task!r} recorded different references (different environment "
+            "options?); the reward figure is drawn without reference lines",
+            stacklevel=3,
+        )
+        return None
+    return recorded[0] if recorded else None
+
+
 def _figures(runs: list[Run]) -> dict[str, Figure]:
     """Name -> figure for everything the runs can show, task by task."""
     figures: dict[str, Figure] = {}
@@ -39,7 +71,7 @@ def _figures(runs: list[Run]) -> dict[str, Figure]:
         if _has_columns(group, "epoch", "val/acc"):
             figures[f"{task}_val_acc"] = plot_validation_accuracy(group, task)
         if _has_columns(group, "time/total_timesteps", "rollout/ep_rew_mean"):
-            references = maze_references() if task == "maze" else None
+            references = _references(group, task)
             figures[f"{task}_reward"] = plot_reward_curves(group, task, references)
         for model in sorted({run.model for run in group}):
             if any(load_plasticity(run) for run in group if run.model == model):

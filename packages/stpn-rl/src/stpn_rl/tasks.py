@@ -1,6 +1,8 @@
 """The RL tasks by name, each building its vectorised environment with the right wrappers.
 
-- ``maze``: our grid maze (spec §6), all agents stepped in one :class:`MazeVecEnv`.
+- ``maze``: our grid maze (spec §6), all agents stepped in one :class:`MazeVecEnv`; its options
+  are :class:`~stpn_rl.envs.MazeOptions`, and its runs record the random-policy and oracle
+  rewards of their own maze (:func:`~stpn_rl.envs.maze_references`).
 - ``pong``: ``ALE/Pong-v5`` with SB3's standard Atari preprocessing (the env's own frame skip is
   turned off, since ``AtariWrapper`` already skips 4), channel-first frames for the CNN torso.
 - ``inverted-pendulum``: MuJoCo ``InvertedPendulum-v5``.
@@ -19,9 +21,8 @@ import numpy as np
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecTransposeImage
-from stpn_analysis.maze import check_maze_options
 
-from stpn_rl.envs import MazeVecEnv
+from stpn_rl.envs import MazeOptions, MazeVecEnv, maze_references
 from stpn_rl.policies import SmallAtariCNN
 
 ATARI_WRAPPER_OPTIONS = (
@@ -50,6 +51,10 @@ def _make_maze(n_envs: int, seed: int, env_kwargs: dict[str, Any]) -> VecEnv:
     env = MazeVecEnv(n_envs, **env_kwargs)
     env.seed(seed)
     return VecMonitor(env)
+
+
+def _maze_references(env_kwargs: dict[str, Any]) -> dict[str, float]:
+    return maze_references(MazeOptions.from_mapping(env_kwargs))
 
 
 def _make_pong(n_envs: int, seed: int, env_kwargs: dict[str, Any]) -> VecEnv:
@@ -92,10 +97,13 @@ class Task:
     env_options: tuple[str, ...] | None
     """Accepted environment keyword arguments (``None``: passed through to ``gym.make``)."""
     policy_defaults: dict[str, Any] = field(default_factory=dict)
+    references: Callable[[dict[str, Any]], dict[str, float]] | None = None
+    """Reference episode rewards for the given environment options (e.g. a random policy's),
+    recorded in a run's ``metrics.json``; ``None`` where the task has none."""
 
 
 TASKS: dict[str, Task] = {
-    "maze": Task("maze", _make_maze, ("size", "episode_length", "reward_value", "wall_penalty")),
+    "maze": Task("maze", _make_maze, MazeOptions.names(), references=_maze_references),
     "pong": Task("pong", _make_pong, None, {"features_extractor_class": SmallAtariCNN}),
     "inverted-pendulum": Task("inverted-pendulum", _make_pendulum(False), None),
     "inverted-pendulum-po": Task("inverted-pendulum-po", _make_pendulum(True), None),
@@ -116,8 +124,7 @@ def check_env_kwargs(task: str, env_kwargs: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(f"env: unknown option(s) {unknown} for task {task!r}; valid: {allowed}")
     if task == "maze":
-        defaults = {"size": 13, "episode_length": 200, "reward_value": 10.0, "wall_penalty": 0.0}
-        check_maze_options(**(defaults | env_kwargs))
+        MazeOptions.from_mapping(env_kwargs)
 
 
 def make_vec_env(task: str, n_envs: int, seed: int, **env_kwargs: Any) -> VecEnv:

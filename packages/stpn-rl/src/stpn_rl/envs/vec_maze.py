@@ -18,27 +18,22 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
-from stpn_rl.envs.maze import N_ACTIONS, MazeAgents, observation_space
+from stpn_rl.envs.maze import N_ACTIONS, MazeAgents, MazeOptions, observation_space
 
 
 class MazeVecEnv(VecEnv):
-    """``n_envs`` maze agents (see :class:`~stpn_rl.envs.maze.MazeAgents` for the options).
+    """``n_envs`` maze agents; ``options`` are the fields of
+    :class:`~stpn_rl.envs.maze.MazeOptions`.
 
     Finished agents are reset automatically; their last observation is in
     ``info["terminal_observation"]``, as SB3 expects.
     """
 
-    def __init__(
-        self,
-        n_envs: int,
-        size: int = 13,
-        episode_length: int = 200,
-        reward_value: float = 10.0,
-        wall_penalty: float = 0.0,
-    ) -> None:
-        self.agents = MazeAgents(n_envs, size, episode_length, reward_value, wall_penalty)
+    def __init__(self, n_envs: int, **options: Any) -> None:
+        self.agents = MazeAgents(n_envs, MazeOptions.from_mapping(options))
         self.render_mode = None
-        super().__init__(n_envs, observation_space(self.agents), spaces.Discrete(N_ACTIONS))
+        space = observation_space(self.agents.options)
+        super().__init__(n_envs, space, spaces.Discrete(N_ACTIONS))
         self._actions: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
