@@ -1,5 +1,5 @@
-"""The maze of spec §6.1–6.2: options, layout, moves, reward and teleport, observation, episode
-length, and the vectorised env against the single one."""
+"""The maze of docs/model.md §6.1–6.2: options, layout, moves, reward and teleport, observation,
+episode length, and the vectorised env against the single one."""
 
 import math
 

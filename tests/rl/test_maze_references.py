@@ -1,11 +1,15 @@
 """Maze references, measured by playing the env: BFS by hand, and the simulated random policy and
 oracle against exact values computed here from the maze rules written out independently
-(probability propagation, and a renewal count over shortest-path trips)."""
+(probability propagation, and a renewal count over shortest-path trips); a 9×9 run records its
+own maze's references and the report draws those."""
 
+import json
 import math
 
 import numpy as np
 import pytest
+from stpn_analysis import load_runs
+from stpn_analysis.report import _figures
 from stpn_rl.envs import (
     MazeAgents,
     MazeOptions,
@@ -16,6 +20,7 @@ from stpn_rl.envs import (
     oracle_reward,
     random_policy_reward,
 )
+from stpn_rl.train import train
 
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
@@ -133,7 +138,7 @@ def test_references_follow_the_maze_and_are_reproducible() -> None:
 
 
 def test_manhattan_estimate_reproduces_the_paper_figures() -> None:
-    # Spec §6.6: the original script's formula gives 274.73 (13x13) and 432.20 (9x9).
+    # docs/model.md §6.6: the original script's formula gives 274.73 (13x13) and 432.20 (9x9).
     assert manhattan_estimate() == pytest.approx(274.73, abs=0.005)
     assert manhattan_estimate(MazeOptions(size=9)) == pytest.approx(432.20, abs=0.005)
 
@@ -142,3 +147,16 @@ def test_too_few_episodes_are_rejected() -> None:
     with pytest.raises(ValueError, match="n_episodes"):
         random_policy_reward(n_episodes=1)
     assert math.isfinite(oracle_reward(MazeOptions(size=5, episode_length=3), n_episodes=2)[0])
+
+
+def test_a_maze_run_records_and_its_report_draws_the_references_of_its_own_maze(
+    tiny, tmp_path
+) -> None:
+    config = tiny("maze", "stpn", env={"size": 9, "episode_length": 20})
+    run = train("maze", "stpn", config, out=tmp_path, progress_bar=False)
+    expected = maze_references(MazeOptions(size=9, episode_length=20))
+    recorded = json.loads((run / "metrics.json").read_text())["references"]
+    assert recorded == expected
+    axes = _figures(load_runs(tmp_path))["maze_reward"].axes[0]
+    levels = {line.get_label().split()[0]: line.get_ydata()[0] for line in axes.get_lines()}
+    assert levels["random"] == expected["random"] and levels["oracle"] == expected["oracle"]

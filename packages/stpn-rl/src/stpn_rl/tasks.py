@@ -1,8 +1,8 @@
 """The RL tasks by name, each building its vectorised environment with the right wrappers.
 
-- ``maze``: our grid maze (spec §6), all agents stepped in one :class:`MazeVecEnv`; its options
-  are :class:`~stpn_rl.envs.MazeOptions`, and its runs record the random-policy and oracle
-  rewards of their own maze (:func:`~stpn_rl.envs.maze_references`).
+- ``maze``: our grid maze (docs/model.md §6), all agents stepped in one :class:`MazeVecEnv`;
+  its options are :class:`~stpn_rl.envs.MazeOptions`, and its runs record the random-policy and
+  oracle rewards of their own maze (:func:`~stpn_rl.envs.maze_references`).
 - ``pong``: ``ALE/Pong-v5`` with SB3's standard Atari preprocessing (the env's own frame skip is
   turned off, since ``AtariWrapper`` already skips 4), channel-first frames for the CNN torso.
 - ``inverted-pendulum``: MuJoCo ``InvertedPendulum-v5``.

@@ -227,6 +227,9 @@ def train(
         "timesteps": int(model.num_timesteps),
         "episodes": result["episodes"],
     }
+    references = get_task(task).references
+    if references is not None:  # e.g. the maze's random policy and oracle, on this run's maze
+        metrics["references"] = references(config["env"])
     write_json(run_dir / "metrics.json", metrics)
     return run_dir
 

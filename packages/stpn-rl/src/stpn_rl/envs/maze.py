@@ -1,4 +1,4 @@
-"""The grid maze of Miconi et al., as used by the STPN paper (spec §6.1–6.2).
+"""The grid maze of Miconi et al., as used by the STPN paper (docs/model.md §6.1–6.2).
 
 The agent must find a reward cell it never observes, then keep returning to it after being
 teleported away: it has to remember, within the episode, where the reward is. The options and
@@ -22,7 +22,7 @@ from gymnasium.utils import seeding
 
 OBSERVATION_SIZE = 17
 N_ACTIONS = 4
-# Observation slots (spec §6.2).
+# Observation slots (docs/model.md §6.2).
 PATCH, UNUSED, BIAS, PROGRESS, PREVIOUS_REWARD, PREVIOUS_ACTION = (
     slice(0, 9),
     9,
@@ -106,13 +106,17 @@ class MazeAgents:
     """``n_agents`` independent agents in one maze layout, stepped together.
 
     Cells are flat indices ``row * size + column``. Each agent draws from its own ``numpy``
-    generator (seeded ``seed + i`` when ``seed`` is given), so agent ``i`` of a batch seeded
-    ``s + i`` follows exactly the trajectory of a single environment seeded ``s + i``.
+    generator in ``rngs`` (the environments seed them), so agent ``i`` of a batch seeded
+    ``s + i`` follows exactly the trajectory of a single environment seeded ``s + i``; given
+    ``rng``, all agents share that one instead, which many agents set up at once (simulations).
     Actions: 0 up (row − 1), 1 down, 2 left, 3 right.
     """
 
     def __init__(
-        self, n_agents: int, options: MazeOptions | None = None, seed: int | None = None
+        self,
+        n_agents: int,
+        options: MazeOptions | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         if not _is_int(n_agents, 1):
             raise ValueError(f"n_agents: expected a positive integer, got {n_agents!r}")
@@ -131,9 +135,11 @@ class MazeAgents:
         self.step_count = np.zeros(self.n_agents, dtype=np.int64)
         self._observation = np.zeros((self.n_agents, OBSERVATION_SIZE), dtype=np.float32)
         self._observation[:, BIAS] = 1.0
-        self.rngs: list[np.random.Generator] = [
-            seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.n_agents)
-        ]
+        self.rngs: list[np.random.Generator] = (
+            [rng] * self.n_agents
+            if rng is not None
+            else [seeding.np_random()[0] for _ in range(self.n_agents)]
+        )
 
     def reset(self, agents: Sequence[int] | np.ndarray) -> None:
         """Start a new episode for ``agents``: centre start, fresh hidden reward cell."""
@@ -179,7 +185,7 @@ class MazeAgents:
         self.position[agents] = self.open_cells[draws]
 
     def observe(self) -> np.ndarray:
-        """The 17-dim observations of spec §6.2, ``(N, 17)`` float32 (a fresh array)."""
+        """The 17-dim observations (docs/model.md §6.2), ``(N, 17)`` float32, a fresh array."""
         obs = self._observation
         obs[:, PATCH] = self._walls_flat[self.position[:, None] + self._patch_offsets]
         obs[:, PROGRESS] = self.step_count / self.options.episode_length

@@ -14,8 +14,8 @@ import numpy as np
 
 from stpn_rl.envs.maze import N_ACTIONS, MazeAgents, MazeOptions, maze_walls
 
-Policy = Callable[[MazeAgents], np.ndarray]
-"""Actions ``(N,)`` for the agents in their current state."""
+Policy = Callable[[MazeAgents, np.random.Generator], np.ndarray]
+"""Actions ``(N,)`` for the agents in their current state, drawing from the generator if needed."""
 
 DEFAULT_EPISODES = 20_000
 
@@ -44,14 +44,16 @@ def bfs_distances(agents: MazeAgents, target: int) -> np.ndarray:
 
 def play(options: MazeOptions, policy: Policy, seed: int, n_episodes: int) -> tuple[float, float]:
     """``(mean, standard error)`` of the episode reward of ``policy`` over ``n_episodes``
-    episodes played side by side, agent ``i`` seeded ``seed + i``."""
+    episodes played side by side, the maze and the policy drawing from one generator seeded
+    ``seed``."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 2:
         raise ValueError(f"n_episodes: expected an integer >= 2, got {n_episodes!r}")
-    agents = MazeAgents(n_episodes, options, seed=seed)
+    rng = np.random.default_rng(seed)
+    agents = MazeAgents(n_episodes, options, rng)
     agents.reset(np.arange(n_episodes))
     total = np.zeros(n_episodes)
     for _ in range(options.episode_length):
-        rewards, _ = agents.step(policy(agents))
+        rewards, _ = agents.step(policy(agents, rng))
         total += rewards
     return float(total.mean()), float(total.std(ddof=1) / np.sqrt(n_episodes))
 
@@ -59,12 +61,10 @@ def play(options: MazeOptions, policy: Policy, seed: int, n_episodes: int) -> tu
 def random_policy_reward(
     options: MazeOptions | None = None, seed: int = 0, n_episodes: int = DEFAULT_EPISODES
 ) -> tuple[float, float]:
-    """Episode reward of uniformly random actions (the actions drawn with seed
-    ``seed + n_episodes``, after the agents' seeds): ``(mean, standard error)``."""
-    rng = np.random.default_rng(seed + n_episodes)
+    """Episode reward of uniformly random actions: ``(mean, standard error)``."""
     return play(
         options or MazeOptions(),
-        lambda agents: rng.integers(N_ACTIONS, size=agents.n_agents),
+        lambda agents, rng: rng.integers(N_ACTIONS, size=agents.n_agents),
         seed,
         n_episodes,
     )
@@ -87,7 +87,7 @@ def oracle_reward(
         distance[cell] = bfs_distances(layout, int(cell))
     actions = np.arange(N_ACTIONS)
 
-    def policy(agents: MazeAgents) -> np.ndarray:
+    def policy(agents: MazeAgents, rng: np.random.Generator) -> np.ndarray:
         landing = agents.destination(agents.position[:, None], actions[None, :])
         return np.argmin(distance[agents.reward_cell[:, None], landing], axis=1)
 
@@ -95,7 +95,7 @@ def oracle_reward(
 
 
 def manhattan_estimate(options: MazeOptions | None = None) -> float:
-    """The paper's oracle estimate (spec §6.6), kept to explain its gap to :func:`oracle_reward`.
+    """The paper's oracle estimate (docs/model.md §6.6), kept to explain its gap to the oracle.
 
     For each reward cell r: ``reward · episode_length / d̄(r)``, with d̄(r) the mean *Manhattan*
     distance from every open cell (r included) to r; then the mean over r. As in the original
