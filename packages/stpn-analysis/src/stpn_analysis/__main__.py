@@ -30,8 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stpn_analysis: error: {exc}", file=sys.stderr)
         return 1
     print(paths["summary_md"].read_text(), end="")
-    print(f"\ntables: {paths['summary_csv']}, {paths['summary_md']}")
-    figures = [path for name, path in paths.items() if not name.startswith("summary")]
+    tables = [paths["summary_csv"], paths["summary_md"]]
+    if "generalisation_md" in paths:
+        print("\n" + paths["generalisation_md"].read_text(), end="")
+        tables += [paths["generalisation_csv"], paths["generalisation_md"]]
+    print(f"\ntables: {', '.join(map(str, tables))}")
+    figures = [path for name, path in paths.items() if path.suffix == ".png"]
     print(f"figures ({len(figures)}) in {figures[0].parent if figures else '-'}:")
     for path in figures:
         print(f"  {path.name}")

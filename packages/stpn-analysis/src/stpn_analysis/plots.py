@@ -29,7 +29,7 @@ MODEL_COLOURS = {
     "rnn": "red", "stpn_scalar": "deepskyblue", "stpnf_scalar": "mediumpurple",
     "fast_weights": "darkorange", "modplast": "forestgreen",
     "differentiable_plasticity": "forestgreen", "neuromodulated_plasticity": "olivedrab",
-    "hebbff": "goldenrod", "mlp": "grey",
+    "hebbff": "goldenrod", "mlp": "grey", "ustpnr": "darkcyan", "ustpnf": "orchid",
 }
 ENERGY_UNIT = "a.u. = Σ|w|·v²"
 PROFICIENCY_LABELS = {
@@ -66,15 +66,18 @@ def _by_model(runs: Sequence[Run], task: str) -> dict[str, list[Run]]:
     return dict(sorted(groups.items()))
 
 
-def _band(ax: Axes, x: np.ndarray, series: np.ndarray, model: str) -> None:
-    """Mean over seeds (rows of ``series``) as a line, ± one sample std as a shaded band."""
+def _band(ax: Axes, x: np.ndarray, series: np.ndarray, model: str, *,
+          colour: str | None = None, style: str = "-") -> None:
+    """Mean over seeds (rows of ``series``) as a line, ± one sample std as a shaded band,
+    labelled ``model (n=seeds)`` in the model's colour (or ``colour``)."""
     mean = np.nanmean(series, axis=0)
     n = series.shape[0]
     label = f"{model} (n={n})"
-    ax.plot(x, mean, color=model_colour(model), label=label, lw=1.6)
+    colour = colour or model_colour(model)
+    ax.plot(x, mean, color=colour, label=label, lw=1.6, ls=style)
     if n > 1:
         std = np.nanstd(series, axis=0, ddof=1)
-        ax.fill_between(x, mean - std, mean + std, color=model_colour(model), alpha=0.2, lw=0)
+        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:

@@ -16,6 +16,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from stpn_core.files import write_text_atomic
 
+from stpn_analysis.familiarity import (
+    format_generalisation,
+    has_generalisation,
+    plot_generalisation_accuracy,
+    plot_generalisation_rates,
+    summarise_generalisation,
+)
 from stpn_analysis.plots import (
     plot_energy_profile,
     plot_plasticity,
@@ -73,6 +80,9 @@ def _figures(runs: list[Run]) -> dict[str, Figure]:
         if _has_columns(group, "time/total_timesteps", "rollout/ep_rew_mean"):
             references = _references(group, task)
             figures[f"{task}_reward"] = plot_reward_curves(group, task, references)
+        if any(has_generalisation(run) for run in group):
+            figures[f"{task}_generalisation_acc"] = plot_generalisation_accuracy(group, task)
+            figures[f"{task}_generalisation_rates"] = plot_generalisation_rates(group, task)
         for model in sorted({run.model for run in group}):
             if any(load_plasticity(run) for run in group if run.model == model):
                 figures[f"{task}_{model}_plasticity"] = plot_plasticity(group, task, model)
@@ -84,7 +94,9 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> dic
     ``figures/*.png`` into ``out_dir`` (default: ``runs_dir``).
 
     Returns the written paths by name: ``"summary_csv"``, ``"summary_md"`` and one entry per
-    figure (e.g. ``"ar_val_acc"``). Errors as :func:`stpn_analysis.load_runs`.
+    figure (e.g. ``"ar_val_acc"``); with familiarity runs also ``"generalisation_csv"`` and
+    ``"generalisation_md"`` (accuracy, TPR and FPR per R_test). Errors as
+    :func:`stpn_analysis.load_runs`.
     """
     runs = load_runs(runs_dir)
     out = Path(runs_dir if out_dir is None else out_dir)
@@ -94,6 +106,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None) -> dic
         "summary_csv": write_text_atomic(out / "summary.csv", table.to_csv(index=False)),
         "summary_md": write_text_atomic(out / "summary.md", format_table(table)),
     }
+    if any(has_generalisation(run) for run in runs):
+        curves = summarise_generalisation(runs)
+        paths["generalisation_csv"] = write_text_atomic(out / "generalisation.csv",
+                                                        curves.to_csv(index=False))
+        paths["generalisation_md"] = write_text_atomic(out / "generalisation.md",
+                                                       format_generalisation(curves))
     for name, figure in _figures(runs).items():
         paths[name] = save_figure(figure, out / "figures" / f"{name}.png")
     return paths
