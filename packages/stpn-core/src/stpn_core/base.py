@@ -7,6 +7,8 @@ Mirrors ``torch.nn.LSTM``: ``forward(x, state=None) -> (output, state)``, with t
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -17,21 +19,24 @@ from torch import Tensor, nn
 class RecurrentModel(nn.Module):
     """Base class of every sequence model: STPN, STPNLinear and the baselines.
 
-    Subclasses set ``input_size``, ``hidden_size`` and ``batch_first`` and implement
-    :meth:`initial_state`, :meth:`forward` and :meth:`energy`.
+    Subclasses set ``input_size``, ``hidden_size`` and ``batch_first``, implement
+    :meth:`forward` and :meth:`energy`, and declare their state once: :attr:`state_type` (a
+    ``NamedTuple`` class, which names the fields) and :meth:`state_shapes` (each field's shape
+    after the batch dimension, ``None`` for a field the options leave out). The state's dtype and
+    device are those of the parameters, and every model starts from zeros. From that declaration
+    this class derives :meth:`initial_state`, :meth:`state_size`, :meth:`flatten_state`,
+    :meth:`unflatten_state`, :meth:`check_state` and :meth:`reset_state`; none of them builds a
+    state just to learn its shapes.
     """
 
     input_size: int
     hidden_size: int
     batch_first: bool
+    state_type: type[NamedTuple]
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> NamedTuple:
-        """The state at the start of a sequence (all zeros for every model here)."""
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        """Each state field's shape after the batch dimension (``None``: the field is ``None``),
+        in the order of :attr:`state_type`'s fields."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, state: NamedTuple | None = None) -> tuple[Tensor, Any]:
@@ -46,17 +51,93 @@ class RecurrentModel(nn.Module):
         """Features of each output step (the hidden size for every model here)."""
         return self.hidden_size
 
+    # -- the state, derived from state_type and state_shapes ---------------------------------------
+
+    @functools.cached_property
+    def _state_layout(self) -> tuple[tuple[int, ...] | None, ...]:
+        """The declared shapes, checked against the field names once and kept (they follow from
+        the constructor's arguments, which do not change)."""
+        shapes = self.state_shapes()
+        fields = self.state_type._fields
+        if tuple(shapes) != fields:
+            raise TypeError(
+                f"{type(self).__name__}.state_shapes: expected the fields {fields}, "
+                f"got {tuple(shapes)}"
+            )
+        return tuple(None if shape is None else tuple(shape) for shape in shapes.values())
+
+    def initial_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> NamedTuple:
+        """The state at the start of a sequence: zeros, on the parameters' device and dtype
+        unless given."""
+        like = self._parameter_like()
+        options = {"device": like.device if device is None else device,
+                   "dtype": like.dtype if dtype is None else dtype}
+        return self.state_type(*(
+            None if shape is None else torch.zeros(batch_size, *shape, **options)
+            for shape in self._state_layout
+        ))
+
+    def state_size(self) -> int:
+        """Number of values in one sample's state, i.e. the width of :meth:`flatten_state`."""
+        return sum(math.prod(shape) for shape in self._state_layout if shape is not None)
+
+    def flatten_state(self, state: NamedTuple) -> Tensor:
+        """Pack a state into one ``(B, state_size)`` tensor (one copy), fields in order."""
+        return torch.cat([t.reshape(t.shape[0], -1) for t in state if t is not None], dim=1)
+
+    def unflatten_state(self, flat: Tensor) -> NamedTuple:
+        """Inverse of :meth:`flatten_state`; the fields are views of ``flat`` (no copy)."""
+        size = self.state_size()
+        if flat.dim() != 2 or flat.shape[1] != size:
+            raise ValueError(f"flat: expected shape (B, {size}), got {tuple(flat.shape)}")
+        sizes = [math.prod(shape) for shape in self._state_layout if shape is not None]
+        parts = iter(torch.split(flat, sizes, dim=1))
+        return self.state_type(*(
+            None if shape is None else next(parts).unflatten(1, shape)
+            for shape in self._state_layout
+        ))
+
+    def check_state(self, state: Any, batch_size: int, like: Tensor) -> None:
+        """Raise a clear error unless ``state`` is this model's state for ``batch_size`` samples,
+        with ``like``'s dtype and device, and finite."""
+        kind, fields = self.state_type.__name__, self.state_type._fields
+        if not isinstance(state, tuple) or len(state) != len(fields):
+            raise TypeError(f"state: expected a {kind}{fields}, got {type(state).__name__}")
+        for name, got, shape in zip(fields, state, self._state_layout, strict=True):
+            if shape is None:
+                if got is not None:
+                    raise ValueError(f"state.{name}: expected None for this model's options")
+                continue
+            if not isinstance(got, Tensor):
+                raise TypeError(f"state.{name}: expected a tensor, got {type(got).__name__}")
+            if got.shape != (batch_size, *shape):
+                raise ValueError(
+                    f"state.{name}: expected shape {(batch_size, *shape)}, got {tuple(got.shape)}"
+                )
+            if got.dtype != like.dtype or got.device != like.device:
+                raise TypeError(
+                    f"state.{name}: expected {like.dtype} on {like.device}, "
+                    f"got {got.dtype} on {got.device}"
+                )
+            if not all_finite(got):
+                raise ValueError(f"state.{name}: contains NaN or infinite values")
+
+    def reset_state(self, state: NamedTuple, mask: Tensor) -> NamedTuple:
+        """``state`` with the samples where ``mask`` ``(B,)`` is true set back to the initial
+        (zero) state; a new state, so the old one stays valid for autograd."""
+        mask = mask.bool()
+        return self.state_type(*(
+            None if t is None else t.masked_fill(mask.view(-1, *[1] * (t.dim() - 1)), 0)
+            for t in state
+        ))
+
     def _parameter_like(self) -> Tensor:
         return next(self.parameters())
-
-    def _default_device_dtype(
-        self, device: torch.device | str | None, dtype: torch.dtype | None
-    ) -> tuple[torch.device, torch.dtype]:
-        reference = self._parameter_like()
-        return (
-            torch.device(device) if device is not None else reference.device,
-            dtype if dtype is not None else reference.dtype,
-        )
 
     # -- input checks -------------------------------------------------------------------------
 
@@ -68,36 +149,11 @@ class RecurrentModel(nn.Module):
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         else:
-            check_state(state, self.initial_state(x.shape[0], device=x.device, dtype=x.dtype))
+            self.check_state(state, x.shape[0], x)
         return x, state
 
     def _finish_output(self, output: Tensor) -> Tensor:
         return output if self.batch_first else output.transpose(0, 1)
-
-    # -- state packing (used by RL buffers that store one flat vector per environment) -----------
-
-    def state_size(self) -> int:
-        """Number of floats in one sample's state, i.e. the width of :meth:`flatten_state`."""
-        return sum(t[0].numel() for t in self.initial_state(1) if t is not None)
-
-    def flatten_state(self, state: NamedTuple) -> Tensor:
-        """Pack a state into one ``(B, state_size)`` tensor."""
-        return torch.cat([t.reshape(t.shape[0], -1) for t in state if t is not None], dim=1)
-
-    def unflatten_state(self, flat: Tensor) -> NamedTuple:
-        """Inverse of :meth:`flatten_state`."""
-        if flat.dim() != 2 or flat.shape[1] != self.state_size():
-            raise ValueError(
-                f"flat: expected shape (B, {self.state_size()}), got {tuple(flat.shape)}"
-            )
-        template = self.initial_state(1, device=flat.device, dtype=flat.dtype)
-        sizes = [t[0].numel() for t in template if t is not None]
-        parts = iter(torch.split(flat, sizes, dim=1))
-        fields = [
-            None if t is None else next(parts).reshape(flat.shape[0], *t.shape[1:])
-            for t in template
-        ]
-        return type(template)(*fields)
 
 
 def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: bool = True) -> None:
@@ -130,31 +186,6 @@ def all_finite(tensor: Tensor) -> bool:
     so that huge finite values whose sum overflows are not refused.
     """
     return bool(torch.isfinite(tensor.detach().sum())) or bool(torch.isfinite(tensor).all())
-
-
-def check_state(state: Any, expected: NamedTuple) -> None:
-    """Raise a clear error unless ``state`` has the fields and shapes of ``expected``."""
-    kind = type(expected).__name__
-    if not isinstance(state, tuple) or len(state) != len(expected):
-        raise TypeError(f"state: expected a {kind}{expected._fields}, got {type(state).__name__}")
-    for name, got, want in zip(expected._fields, state, expected, strict=True):
-        if want is None:
-            if got is not None:
-                raise ValueError(f"state.{name}: expected None for this model's options")
-            continue
-        if not isinstance(got, Tensor):
-            raise TypeError(f"state.{name}: expected a tensor, got {type(got).__name__}")
-        if got.shape != want.shape:
-            raise ValueError(
-                f"state.{name}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
-            )
-        if got.dtype != want.dtype or got.device != want.device:
-            raise TypeError(
-                f"state.{name}: expected {want.dtype} on {want.device}, "
-                f"got {got.dtype} on {got.device}"
-            )
-        if not all_finite(got):
-            raise ValueError(f"state.{name}: contains NaN or infinite values")
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

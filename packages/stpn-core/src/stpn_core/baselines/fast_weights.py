@@ -58,6 +58,8 @@ class FastWeights(SteppedModel):
     Energy (spec §4.2): ``|W|·v_t² + Σ_s |A_t|·(h⁽ˢ⁾)²`` over the ``S`` inner steps taken.
     """
 
+    state_type = FastWeightsState
+
     def __init__(
         self,
         input_size: int,
@@ -118,18 +120,9 @@ class FastWeights(SteppedModel):
             f"layer_norm_init={self.layer_norm_init!r}"
         )
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> FastWeightsState:
-        device, dtype = self._default_device_dtype(device, dtype)
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
         H = self.hidden_size
-        return FastWeightsState(
-            torch.zeros(batch_size, H, device=device, dtype=dtype),
-            torch.zeros(batch_size, H, H, device=device, dtype=dtype),
-        )
+        return {"h": (H,), "A": (H, H)}
 
     def _advance(
         self, x_t: Tensor, state: FastWeightsState

@@ -46,6 +46,8 @@ class HebbFF(SteppedModel):
     Energy (spec §4.2): ``Σ |W + F_t|·x_t²``.
     """
 
+    state_type = HebbFFState
+
     def __init__(
         self,
         input_size: int,
@@ -96,18 +98,8 @@ class HebbFF(SteppedModel):
             f"batch_first={self.batch_first}, anti_hebbian={self.anti_hebbian}"
         )
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> HebbFFState:
-        device, dtype = self._default_device_dtype(device, dtype)
-        H = self.hidden_size
-        return HebbFFState(
-            torch.zeros(batch_size, H, device=device, dtype=dtype),
-            torch.zeros(batch_size, H, self.input_size, device=device, dtype=dtype),
-        )
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        return {"h": (self.hidden_size,), "F": (self.hidden_size, self.input_size)}
 
     def _step(self, x_t: Tensor, state: HebbFFState) -> HebbFFState:
         F = state.F

@@ -31,6 +31,8 @@ class LSTM(RecurrentModel):
     ``e_t = Σ x_t²·|W_ih|ᵀ + h_{t-1}²·|W_hh|ᵀ``.
     """
 
+    state_type = LSTMState
+
     def __init__(
         self,
         input_size: int,
@@ -55,15 +57,8 @@ class LSTM(RecurrentModel):
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}"
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> LSTMState:
-        device, dtype = self._default_device_dtype(device, dtype)
-        zeros = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-        return LSTMState(zeros, zeros.clone())
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        return {"h": (self.hidden_size,), "c": (self.hidden_size,)}
 
     def _run(self, x: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         output, (h, c) = self.lstm(x, (state.h.unsqueeze(0), state.c.unsqueeze(0)))

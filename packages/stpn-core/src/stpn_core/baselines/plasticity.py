@@ -48,6 +48,8 @@ class DifferentiablePlasticity(SteppedModel):
     Energy (spec §4.2): ``Σ |W_i2h|·x_t² + Σ |w + α ⊙ Hebb_t|·h_{t-1}²``.
     """
 
+    state_type = PlasticityState
+
     def __init__(
         self,
         input_size: int,
@@ -92,18 +94,9 @@ class DifferentiablePlasticity(SteppedModel):
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}, mode={self.mode!r}, clamp={self.clamp}"
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> PlasticityState:
-        device, dtype = self._default_device_dtype(device, dtype)
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
         H = self.hidden_size
-        return PlasticityState(
-            torch.zeros(batch_size, H, device=device, dtype=dtype),
-            torch.zeros(batch_size, H, H, device=device, dtype=dtype),
-        )
+        return {"h": (H,), "hebb": (H, H)}
 
     def _recurrent_weight(self, hebb: Tensor) -> Tensor:
         """Per-sample recurrent efficacy ``w + α ⊙ Hebb`` ``(B, H, H)``."""

@@ -46,6 +46,8 @@ class RNN(RecurrentModel):
     Energy (spec §4.2): ``e_t = Σ_ij |W_ij| v_tj²`` with ``v_t = [x_t; h_{t-1}]``.
     """
 
+    state_type = RNNState
+
     def __init__(
         self,
         input_size: int,
@@ -93,14 +95,8 @@ class RNN(RecurrentModel):
             f"batch_first={self.batch_first}, init={self.init!r}"
         )
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> RNNState:
-        device, dtype = self._default_device_dtype(device, dtype)
-        return RNNState(torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype))
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
+        return {"h": (self.hidden_size,)}
 
     def _run(self, x: Tensor, state: RNNState) -> Tensor:
         """Every ``h_t`` ``(B, T, H)`` for a batch-first ``x``, via the fused kernel."""

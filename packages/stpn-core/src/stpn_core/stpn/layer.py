@@ -87,6 +87,8 @@ class _STPNBase(RecurrentModel):
         gamma_init_scale: Γ is initialised ``U(±scale/√H)`` (paper: ``0.001``).
     """
 
+    state_type = STPNState
+
     recurrent = True
     """Whether the presynaptic vector includes the previous hidden state (STPNr) or not (STPNf)."""
 
@@ -187,17 +189,10 @@ class _STPNBase(RecurrentModel):
             f"presynaptic={self.presynaptic!r}, activation={self.activation!r}"
         )
 
-    def initial_state(
-        self,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> STPNState:
-        device, dtype = self._default_device_dtype(device, dtype)
+    def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
         plastic = self.plastic_columns.stop - self.plastic_columns.start
-        h = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
-        F = torch.zeros(batch_size, self.hidden_size, plastic, device=device, dtype=dtype)
-        return STPNState(h, F, torch.zeros_like(h) if self.plastic_bias else None)
+        H = self.hidden_size
+        return {"h": (H,), "F": (H, plastic), "F_bias": (H,) if self.plastic_bias else None}
 
 
 class STPNCell(_STPNBase):
