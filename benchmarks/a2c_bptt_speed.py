@@ -1,0 +1,67 @@
+"""Training speed of the paper's maze algorithm (``stpn_rl.a2c_bptt``) in agent-steps/s.
+
+Each core at its paper size (``stpn_core.paper_preset("maze", core)``; LSTM H 47, STPN H 55)
+trains on the 13×13 maze with ``--n-envs`` agents (default 512, the paper's batch) for
+``--episodes`` episodes after one warm-up episode; the rollout (single steps without gradients)
+and the update (replay through the sequence path, backward, Adam) are timed separately.
+The median episode is reported, which is robust to a busy machine.
+
+Usage: ``python benchmarks/a2c_bptt_speed.py [--cores stpn lstm] [--n-envs 512]
+[--episodes 5] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+from stpn_core import paper_preset
+from stpn_rl.a2c_bptt import A2CBPTT
+from stpn_rl.bptt_policy import SequencePolicy
+from stpn_rl.tasks import make_vec_env
+
+
+def time_episodes(core: str, n_envs: int, episodes: int) -> tuple[float, float, int]:
+    """Median seconds of the rollout and of the update, and agent-steps per episode."""
+    preset = paper_preset("maze", core)
+    policy_kwargs = {
+        "core": preset.model,
+        "hidden_size": preset.hidden_size,
+        "core_options": dict(preset.options),
+    }
+    agent = A2CBPTT(
+        SequencePolicy, make_vec_env("maze", n_envs, 0), seed=0, policy_kwargs=policy_kwargs
+    )
+    rollouts, updates = [], []
+    for index in range(episodes + 1):
+        start = time.perf_counter()
+        episode = agent.collect_episode()
+        middle = time.perf_counter()
+        agent.train_episode(episode)
+        if index > 0:  # the first episode loads the C library and warms the allocator
+            rollouts.append(middle - start)
+            updates.append(time.perf_counter() - middle)
+    return float(np.median(rollouts)), float(np.median(updates)), episode.actions.numel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", nargs="+", default=["stpn", "lstm"])
+    parser.add_argument("--n-envs", type=int, default=512)
+    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+          f"{args.threads} torch thread(s), {args.n_envs} agents")
+    print(f"{'core':8} {'rollout s':>10} {'update s':>10} {'agent-steps/s':>14}")
+    for core in args.cores:
+        rollout, update, steps = time_episodes(core, args.n_envs, args.episodes)
+        print(f"{core:8} {rollout:10.3f} {update:10.3f} {steps / (rollout + update):14.0f}")
+
+
+if __name__ == "__main__":
+    main()
