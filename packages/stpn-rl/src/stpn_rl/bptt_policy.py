@@ -19,7 +19,6 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
 from stpn_rl.evaluate import StepFn
-from stpn_rl.policies import reset_where
 
 
 class SequencePolicy(BasePolicy):
@@ -118,7 +117,7 @@ class SequencePolicy(BasePolicy):
         if episode_start is None:
             return state
         starts = torch.as_tensor(np.asarray(episode_start), device=self.device)
-        return reset_where(self.core, state, starts.float())
+        return self.core.reset_state(state, starts)
 
     def step_energy(self, observation: np.ndarray, state: NamedTuple | None) -> np.ndarray:
         """Energy of the core's next step (summed over units) per environment, from ``state``,

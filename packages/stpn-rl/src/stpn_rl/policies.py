@@ -21,23 +21,9 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
-from stpn_core import RecurrentModel
 from torch import Tensor, nn
 
 CRITIC_CHOICES = ("shared", "detached", "separate")
-
-
-def reset_where(core: RecurrentModel, state: NamedTuple, starts: Tensor) -> NamedTuple:
-    """``state`` of ``core`` with the samples whose episode starts (``starts`` (B,) > 0) put
-    back to the initial state."""
-    initial = core.initial_state(starts.shape[0], device=starts.device)
-    mask = starts > 0
-    return type(state)(
-        *(
-            None if s is None else torch.where(mask.view(-1, *[1] * (s.dim() - 1)), i, s)
-            for s, i in zip(state, initial, strict=True)
-        )
-    )
 
 
 class RecurrentCore(nn.Module):
@@ -69,8 +55,9 @@ class RecurrentCore(nn.Module):
         return self.core.unflatten_state(flat.contiguous())
 
     def reset_where(self, state: NamedTuple, starts: Tensor) -> NamedTuple:
-        """See :func:`reset_where`."""
-        return reset_where(self.core, state, starts)
+        """Replace the state of samples whose episode starts (``starts`` (B,) > 0) by the initial
+        state."""
+        return self.core.reset_state(state, starts > 0)
 
     def forward(
         self, features: Tensor, slots: tuple[Tensor, Tensor], episode_starts: Tensor
