@@ -122,3 +122,35 @@ def test_test_set_is_fresh_and_sized(tmp_path) -> None:
 def test_bad_parameters_are_rejected(tmp_path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FamiliarityDataModule(data_dir=tmp_path, **kwargs)
+
+
+def test_a_resumed_fit_continues_the_stream(tmp_path) -> None:
+    """Lightning makes the loader's iterator before ``set_epoch`` when it resumes; the epoch
+    after the checkpoint must still get its own sequences, not epoch 0's again."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from stpn_supervised.familiarity_module import FamiliarityClassifier
+
+    class Spy(L.Callback):
+        def __init__(self) -> None:
+            self.seen: list[torch.Tensor] = []
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            self.seen.append(batch[0].clone())
+
+    def fit(epochs: int, folder: str, resume: bool) -> list[torch.Tensor]:
+        spy = Spy()
+        last = ModelCheckpoint(dirpath=tmp_path / folder, filename="last")
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0,
+                            callbacks=[spy, last])
+        data = FamiliarityDataModule(seq_len=20, iterations_per_epoch=2, data_dir=str(tmp_path))
+        trainer.fit(FamiliarityClassifier("stpn", 3), data,
+                    ckpt_path=tmp_path / folder / "last.ckpt" if resume else None)
+        return spy.seen
+
+    whole = fit(4, "whole", resume=False)
+    fit(2, "parts", resume=False)
+    resumed = fit(4, "parts", resume=True)
+    assert len(resumed) == 4 and all(torch.equal(a, b) for a, b in zip(resumed, whole[4:],
+                                                                       strict=True))

@@ -92,8 +92,10 @@ class _IterationSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
+        # A generator: the epoch is read at the first draw, not when the iterator is made
+        # (after a resume Lightning makes the loader's iterator before it calls set_epoch).
         start = self.epoch * self.iterations_per_epoch
-        return iter(range(start, start + self.iterations_per_epoch))
+        yield from range(start, start + self.iterations_per_epoch)
 
     def __len__(self) -> int:
         return self.iterations_per_epoch

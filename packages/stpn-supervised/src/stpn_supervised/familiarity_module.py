@@ -166,7 +166,9 @@ def generalisation(module: FamiliarityClassifier, repeat_distances: Iterable[int
     try:
         for distance in repeat_distances:
             module.measure_test_energy = distance == energy_at
-            data = FamiliarityDataModule(repeat_distance=distance, **data_options)
+            # inf: the test set is drawn fresh either way; nothing to cache for the sweep.
+            data = FamiliarityDataModule(**{**data_options, "mode": "inf"},
+                                         repeat_distance=distance)
             metrics = trainer.test(module, data, verbose=False)[0]
             row: dict[str, Any] = {"repeat_distance": distance}
             row.update({key: metrics[f"test/{key}"] for key in ("acc", "tpr", "fpr", "loss")})
