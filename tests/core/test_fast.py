@@ -19,6 +19,9 @@ from stpn_core.stpn import backend_c
 DOUBLE = torch.float64
 K_TEST = 8
 T_LONG = 2 * K_TEST + 5  # three checkpoint chunks of the C loop, the last one partial
+BATCH = 11
+"""The C loop runs samples in groups of 4 or 8 (float64 in 256- or 512-bit vectors) and the
+rest one by one: 11 samples take both paths with either width."""
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +84,8 @@ def loss_and_grads(model: STPN, x: torch.Tensor, state: STPNState | None):
 
 
 def assert_close(got, want) -> None:
-    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    """1e-10, and 1e-12 relative for the large values of an unnormalised layer (norm="none")."""
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", OPTIONS)
@@ -92,8 +96,8 @@ def test_fast_equals_reference(backend: str, name: str, cls: type[STPN], with_st
 
 
 def assert_matches_reference(fast: STPN, reference: STPN, with_state: bool) -> None:
-    x = torch.randn(3, T_LONG, fast.input_size, dtype=DOUBLE, requires_grad=True)
-    state = random_state(fast, 3) if with_state else None
+    x = torch.randn(BATCH, T_LONG, fast.input_size, dtype=DOUBLE, requires_grad=True)
+    state = random_state(fast, BATCH) if with_state else None
     out_f, final_f, grads_f = loss_and_grads(fast, x, state)
     out_r, final_r, grads_r = loss_and_grads(reference, x, state)
     assert_close(out_f, out_r)
@@ -109,8 +113,8 @@ def test_parameter_grads_without_input_or_state_grads(backend: str) -> None:
     """The usual training call: neither ``x`` nor the state needs a gradient (the C backward
     then skips writing them); the parameters' gradients must not change."""
     fast, reference = pair(STPN, **OPTIONS["maze"])
-    x = torch.randn(3, T_LONG, 5, dtype=DOUBLE)
-    zero = fast.initial_state(3)
+    x = torch.randn(BATCH, T_LONG, 5, dtype=DOUBLE)
+    zero = fast.initial_state(BATCH)
     state = STPNState(torch.randn_like(zero.h), 0.3 * torch.randn_like(zero.F), None)
     grads = []
     for model in (fast, reference):
@@ -182,7 +186,7 @@ def test_gradcheck(backend: str, name: str) -> None:
     with torch.no_grad():
         model.weight_gamma.mul_(100)
     names = [n for n, _ in model.named_parameters()]
-    state = random_state(model, 2)
+    state = random_state(model, 5)  # a group of 4 samples and one alone
 
     def outputs(x, h, F, *values):
         # Parameters enter as plain inputs, so gradcheck perturbs them too.
@@ -192,7 +196,7 @@ def test_gradcheck(backend: str, name: str) -> None:
         return out, final.F
 
     params = (p.detach().clone().requires_grad_() for p in model.parameters())
-    x = torch.randn(2, 4, 3, dtype=DOUBLE, requires_grad=True)
+    x = torch.randn(5, 4, 3, dtype=DOUBLE, requires_grad=True)
     assert torch.autograd.gradcheck(outputs, (x, state.h, state.F, *params), atol=1e-7)
 
 
@@ -297,9 +301,10 @@ def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.Monkey
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        assert len(backend_c._batch_ranges(5, 10**6)) == 3
+        # Split at whole groups of samples (4 float64 lanes at D = 9), the rest in the last part.
+        assert backend_c._batch_ranges(19, 10**6, 4) == [(0, 4), (4, 12), (12, 19)]
         fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
-        x = torch.randn(5, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+        x = torch.randn(19, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
         out_f, final_f, grads_f = loss_and_grads(fast, x, None)
     finally:
         torch.set_num_threads(threads)
@@ -347,7 +352,7 @@ def test_saturating_activations_match_reference(
     # float32 at inputs of 1e4: the gradient of a normalised row cancels two terms of order
     # |v| / |G| (v nearly parallel to G, which Hebbian memory makes it), so the two float32
     # computations drift apart by up to about 1e-3 of the largest gradient.
-    output_tolerance, grad_tolerance = (1e-10, 1e-10) if dtype == DOUBLE else (1e-4, 1e-2)
+    output_tolerance, grad_tolerance = (1e-10, 1e-10) if dtype == DOUBLE else (1e-4, 5e-3)
     for k, (got, want) in enumerate(zip(*results, strict=True)):
         assert torch.isfinite(got).all()
         scale = max(want.abs().max().item(), 1.0)

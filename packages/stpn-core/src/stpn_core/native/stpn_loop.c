@@ -5,8 +5,10 @@
  * H x D block (and its gradient) stays in cache for the whole sequence. The forward keeps F only
  * every K steps (checkpoints); the backward recomputes each K-step chunk of one sample into a
  * small cache-resident workspace and walks it backwards. Compiled once (about a second, no torch
- * headers) and called through ctypes; the math is that of stpn_core/fast_kernels.py, which
+ * headers) and called through ctypes; the math is that of stpn_core/stpn/loop.py, which
  * documents the notation. Samples [b0, b1) only, so callers can split the batch across threads.
+ * Whole groups of samples run with the samples in the vector lanes (the second half of this
+ * file); the per-sample loops of the first half take the samples left over.
  *
  * REAL is float or double (-DREAL=...). Arrays are contiguous and batch-major, so one sample's
  * sequence is one contiguous block and the torch side needs no transposes: x and its gradient
@@ -35,25 +37,25 @@ static REAL *scratch(long n) {
 }
 
 /* h = act(a) in place over one sample's units, vectorised (exp from the vector math library).
- * Both activations take exp of -|a| only, so its value lies in (0, 1] for any finite a: under
- * -ffast-math a vector division becomes a reciprocal estimate refined by a Newton step, which
- * turns a zero or infinite divisor into NaN, so no divisor may overflow (the former
- * 1 - 2/(exp(2a) + 1) gave NaN in float32 from a = 44 on). The divisors here lie in [1, 2], and
- * the results saturate to exactly +-1, 0 or 1 as torch.tanh and torch.sigmoid do. */
+ * Both activations take exp of -|a| only, so its value lies in (0, 1] for any finite a and
+ * no divisor can overflow (the former 1 - 2/(exp(2a) + 1) gave NaN in float32 from a = 44 on:
+ * under -ffast-math a division may become a reciprocal estimate refined by a Newton step, which
+ * turns an infinite divisor into NaN). The quotient is the small term (q = e/(1+e)), so even an
+ * estimated division leaves the saturated values exactly ±1, 0 and 1, as torch's. */
 static void activate_all(REAL *h, long H, int act) {
     switch (act) {
     case 0:
 #pragma omp simd
         for (long i = 0; i < H; i++) {
-            const REAL e = exp(-2 * fabs(h[i])), t = (1 - e) / (1 + e);
+            const REAL e = exp(-2 * fabs(h[i])), t = 1 - 2 * e / (1 + e);
             h[i] = h[i] < 0 ? -t : t;
         }
         break;
     case 1:
 #pragma omp simd
         for (long i = 0; i < H; i++) {
-            const REAL e = exp(-fabs(h[i])), p = 1 / (1 + e);
-            h[i] = h[i] < 0 ? e * p : p;
+            const REAL e = exp(-fabs(h[i])), q = e / (1 + e);
+            h[i] = h[i] < 0 ? q : 1 - q;
         }
         break;
     case 2:
@@ -129,7 +131,7 @@ static void update_memory(const Cfg *c, const REAL *W, const REAL *lam, const RE
     }
 }
 
-void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
+static void sample_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
                   const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
                   REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
     const long T = c->T, H = c->H, D = c->D, HD = c->H * c->D;
@@ -311,7 +313,7 @@ static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const RE
 
 /* grad_F (B,H,D) is dL/dF_T, or NULL for zero; gF receives dL/dF_0 and gh dL/dh_{-1}, gx
  * dL/dx. gF and gx may be NULL when those gradients are not wanted. */
-void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
+static void sample_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
                    const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
                    const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
                    const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
@@ -367,4 +369,399 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     free(gs);
     free(coef);
     free(pinv);
+}
+
+/* ---- Samples in the SIMD lanes ----
+ * The loops above run one sample at a time with the row j in the vector lanes: every row ends in
+ * a horizontal sum, and the per-unit norms, divisions and activations run on scalars. Below, a
+ * group of LANES samples runs together with the samples in the lanes: a vector holds one
+ * synapse (i, j) of LANES samples, W, Λ and Γe (the same for every sample) are broadcast, and
+ * every per-sample quantity (sums, norms, divisions, activations, gradient accumulators) is a
+ * whole vector, so nothing is reduced across lanes until the batch is done. The group's
+ * memories are stored lane-interleaved ([i][j][lane]), as are its S, R, R2 and checkpoints
+ * (their (B,T,H) and (B,.,H,D) blocks of the group's samples are contiguous and only C reads
+ * them); x, h0, F0, out and the gradients keep their batch-major layout and are gathered or
+ * scattered once per step. Samples left over after the last whole group run on the loops above.
+ * VEC_BITS (256 or 512) is the vector width; the arithmetic is that of the loops above. */
+#ifndef VEC_BITS
+#define VEC_BITS 256
+#endif
+#define LANES ((long)(VEC_BITS / 8 / sizeof(REAL)))
+/* Aligned to REAL only: the stored S, R, R2 and checkpoints start where the caller's batch split
+ * puts them (unaligned vector loads cost the same as aligned ones on data that is aligned). */
+typedef REAL vec __attribute__((vector_size(VEC_BITS / 8), aligned(sizeof(REAL))));
+
+long stpn_lanes(void) { return LANES; }
+
+static inline vec bc(REAL s) { return (vec){0} + s; }
+
+/* Lane-wise selections as bit masks (a comparison of vectors gives 0 or all ones per lane), so
+ * they compile to vector compares and logic, not to one lane at a time. */
+typedef __typeof__((vec){0} < (vec){0}) vmask;
+
+static inline vec vselect(vmask m, vec a, vec b) { return (vec)(((vmask)a & m) | ((vmask)b & ~m)); }
+
+static inline vec vsqrt(vec a) {
+    vec r;
+    for (long l = 0; l < LANES; l++) r[l] = sqrt(a[l]);
+    return r;
+}
+
+/* a where c > 0, else 0: the norm's gradient at a zero row (see step_backward). */
+static inline vec vpositive(vec c, vec a) { return (vec)((vmask)a & (c > bc(0))); }
+
+static inline vec vclamp(vec p, REAL cl) {
+    return vselect(p > bc(cl), bc(cl), vselect(p < bc(-cl), bc(-cl), p));
+}
+
+/* g where the clamp let p through, else 0. */
+static inline vec vinside(vec p, REAL cl, vec g) {
+    return (vec)((vmask)g & ((p >= bc(-cl)) & (p <= bc(cl))));
+}
+
+static inline vec vactivation_grad(vec h, int act) {
+    switch (act) {
+    case 0: return 1 - h * h;
+    case 1: return h * (1 - h);
+    case 2: return (vec)((vmask)bc(1) & (h > bc(0)));
+    default: return bc(1);
+    }
+}
+
+/* P = Λ⊙M + Γe⊙(h u) for one synapse of the group: one expression for the forward and the
+ * backward's recomputation of the clamp mask, so both round alike. */
+static inline vec plastic(REAL lam, vec M, REAL gam, vec hu) { return lam * M + gam * hu; }
+
+static vec *vscratch(long n) { return (vec *)scratch(n * LANES); }
+
+/* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. */
+static void gather(vec *restrict dst, const REAL *restrict src, long stride, long n) {
+    for (long l = 0; l < LANES; l++)
+        for (long k = 0; k < n; k++) dst[k][l] = src[l * stride + k];
+}
+
+static void scatter(REAL *restrict dst, long stride, const vec *restrict src, long n) {
+    for (long l = 0; l < LANES; l++)
+        for (long k = 0; k < n; k++) dst[l * stride + k] = src[k][l];
+}
+
+/* v_t of the group: x_t, then h_{t-1} (from h0 or out) for a recurrent layer. */
+static void group_presynaptic(const Cfg *c, const REAL *x, const REAL *h0, const REAL *out,
+                              long b0, long t, vec *v) {
+    const long T = c->T, NI = c->NI, H = c->H;
+    gather(v, x + (b0 * T + t) * NI, T * NI, NI);
+    if (c->recurrent) {
+        if (t) gather(v + NI, out + (b0 * T + t - 1) * H, T * H, H);
+        else gather(v + NI, h0 + b0 * H, H, H);
+    }
+}
+
+/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). */
+static const vec *group_u(const Cfg *c, const vec *v, const vec *h, vec *buf) {
+    if (!(c->current && c->recurrent)) return v;
+    memcpy(buf, v, sizeof(vec) * c->NI);
+    memcpy(buf + c->NI, h, sizeof(vec) * c->H);
+    return buf;
+}
+
+/* h_t = act(G v / n + b) of the group, storing S and R. Each row's sums run in four interleaved
+ * partial sums, so the adds do not wait on each other. */
+static void group_outputs(const Cfg *c, const REAL *W, const REAL *bias, const vec *F,
+                          const vec *v, vec *h, vec *S, vec *R) {
+    const long H = c->H, D = c->D;
+    for (long i = 0; i < H; i++) {
+        const REAL *restrict Wi = W + i * D;
+        const vec *restrict Fi = F + i * D;
+        vec ss[4], s[4];
+        for (int k = 0; k < 4; k++) ss[k] = s[k] = bc(0);
+        long j = 0;
+        for (; j + 4 <= D; j += 4)
+            for (int k = 0; k < 4; k++) {
+                const vec g = Fi[j + k] + Wi[j + k];
+                ss[k] += g * g;
+                s[k] += g * v[j + k];
+            }
+        for (; j < D; j++) {
+            const vec g = Fi[j] + Wi[j];
+            ss[0] += g * g;
+            s[0] += g * v[j];
+        }
+        const vec sum = (s[0] + s[1]) + (s[2] + s[3]);
+        vec a = sum;
+        if (c->normalise) {
+            const vec r = vsqrt((ss[0] + ss[1]) + (ss[2] + ss[3]));
+            R[i] = r;
+            a = sum / (r + (REAL)c->eps);
+        }
+        S[i] = sum;
+        h[i] = c->has_bias ? a + bias[i] : a;
+    }
+    activate_all((REAL *)h, H * LANES, c->act);
+}
+
+/* F_{t+1} of the group (update_memory with the samples in the lanes). */
+static void group_update(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
+                         const vec *F, vec *Fn, const vec *u, const vec *h, const vec *R,
+                         vec *R2, int store_r2) {
+    const long H = c->H, D = c->D;
+    const int pre_norm = c->normalise && !c->post;
+    const REAL cl = (REAL)c->clamp, eps = (REAL)c->eps;
+    for (long i = 0; i < H; i++) {
+        const REAL *restrict Wi = W + i * D, *restrict li = lam + i * D, *restrict gi = gam + i * D;
+        const vec *restrict Fi = F + i * D;
+        vec *restrict Pi = Fn + i * D;
+        const vec inv = pre_norm ? 1 / (R[i] + eps) : bc(1), hi = h[i];
+        vec ss = bc(0);
+        for (long j = 0; j < D; j++) {
+            vec P = plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j], hi * u[j]);
+            if (cl > 0) P = vclamp(P, cl);
+            if (c->post) {
+                const vec g = P + Wi[j];
+                ss += g * g;
+            }
+            Pi[j] = P;
+        }
+        if (c->post) {
+            if (store_r2) R2[i] = vsqrt(ss);
+            const vec inv2 = 1 / (R2[i] + eps);
+            for (long j = 0; j < D; j++) Pi[j] *= inv2;
+        }
+    }
+}
+
+static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias,
+                          const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x,
+                          const REAL *h0, REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt,
+                          REAL *F_final, vec *work) {
+    const long T = c->T, H = c->H, D = c->D, HD = c->H * c->D, NI = c->NI, K = c->K;
+    const long n_ckpt = (T + K - 1) / K - 1;
+    vec *F = work, *Fn = F + HD, *v = Fn + HD, *ubuf = v + D, *h = ubuf + D, *hp = h + H;
+    vec *Sg = (vec *)(S + b0 * T * H), *ck = (vec *)(ckpt + b0 * n_ckpt * HD);
+    vec *Rg = R ? (vec *)(R + b0 * T * H) : NULL, *R2g = R2 ? (vec *)(R2 + b0 * T * H) : NULL;
+    gather(F, F0 + b0 * HD, HD, HD);
+    if (c->recurrent) gather(hp, h0 + b0 * H, H, H);
+    for (long t = 0; t < T; t++) {
+        if (t > 0 && t % K == 0) memcpy(ck + (t / K - 1) * HD, F, sizeof(vec) * HD);
+        gather(v, x + (b0 * T + t) * NI, T * NI, NI);
+        if (c->recurrent) memcpy(v + NI, hp, sizeof(vec) * H);
+        group_outputs(c, W, bias, F, v, h, Sg + t * H, Rg ? Rg + t * H : NULL);
+        scatter(out + (b0 * T + t) * H, T * H, h, H);
+        group_update(c, W, lam, gam, F, Fn, group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL,
+                     R2g ? R2g + t * H : NULL, 1);
+        vec *tmp = F;
+        F = Fn;
+        Fn = tmp;
+        tmp = h;
+        h = hp;
+        hp = tmp;
+    }
+    scatter(F_final + b0 * HD, HD, F, HD);
+}
+
+void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
+                  const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
+                  REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
+    const long groups = (b1 - b0) / LANES, rest = b0 + groups * LANES;
+    if (groups) {
+        vec *work = vscratch(2 * c->H * c->D + 2 * c->D + 2 * c->H);
+        for (long g = 0; g < groups; g++)
+            group_forward(c, b0 + g * LANES, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt,
+                          F_final, work);
+        free(work);
+    }
+    if (rest < b1)
+        sample_forward(c, rest, b1, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final);
+}
+
+/* Per-lane sums of the parameter gradients over the groups, reduced across lanes at the end. */
+typedef struct {
+    vec *gW, *glam, *ghebb, *gb;
+} LaneGrads;
+
+/* One step back for the group (step_backward with the samples in the lanes). go holds
+ * dL/dh_t from the output; on exit gv[0:NI] holds dL/dx_t. */
+static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
+                            const vec *F, const vec *Fn, const vec *v, const vec *u,
+                            const vec *h, const vec *R, const vec *S, const vec *R2,
+                            const vec *go, vec *gF, vec *gh, const LaneGrads *acc, vec *gP,
+                            vec *gu, vec *gv, vec *unit) {
+    const long H = c->H, D = c->D, NI = c->NI;
+    const int pre_norm = c->normalise && !c->post, deferred = c->current && c->recurrent;
+    const int alias = !c->post && !(c->clamp > 0);
+    const long RB = deferred ? H : ROW_BLOCK;
+    const REAL eps = (REAL)c->eps, cl = (REAL)c->clamp;
+    vec *g_hebb = unit, *pre_dot = unit + H, *gs = unit + 2 * H, *coef = unit + 3 * H;
+    vec *pinv = unit + 4 * H;
+    memset(gu, 0, sizeof(vec) * D);
+    memset(gv, 0, sizeof(vec) * D);
+    for (long i0 = 0; i0 < H; i0 += RB) {
+        const long i1 = i0 + RB < H ? i0 + RB : H;
+        for (long i = i0; i < i1; i++) {
+            const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D;
+            const REAL *restrict li = lam + i * D;
+            vec *restrict gFi = gF + i * D, *restrict gPw = gP + (i - i0) * D;
+            const vec *restrict Fi = F + i * D;
+            vec *restrict gWi = acc->gW + i * D, *restrict glami = acc->glam + i * D;
+            vec *restrict ghebbi = acc->ghebb + i * D;
+            const vec hi = h[i], inv = pre_norm ? 1 / (R[i] + eps) : bc(1);
+            if (c->post) {
+                const vec *restrict Fni = Fn + i * D;
+                const vec r2 = R2[i], n2 = r2 + eps;
+                vec d[4];
+                for (int k = 0; k < 4; k++) d[k] = bc(0);
+                long j = 0;
+                for (; j + 4 <= D; j += 4)
+                    for (int k = 0; k < 4; k++) d[k] += gFi[j + k] * Fni[j + k];
+                for (; j < D; j++) d[0] += gFi[j] * Fni[j];
+                const vec k = vpositive(r2, ((d[0] + d[1]) + (d[2] + d[3])) / (n2 * r2));
+                const vec inv2 = 1 / n2;
+                for (long j = 0; j < D; j++) {
+                    const vec wc = Wi[j] + n2 * Fni[j];
+                    vec gp = gFi[j] * inv2 - k * wc;
+                    gWi[j] -= k * wc;
+                    if (cl > 0) gp = vinside(plastic(li[j], Fi[j], gi[j], hi * u[j]), cl, gp);
+                    gPw[j] = gp;
+                }
+            } else if (cl > 0) {
+                for (long j = 0; j < D; j++)
+                    gPw[j] = vinside(plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j],
+                                             hi * u[j]),
+                                     cl, gFi[j]);
+            }
+            const vec *gPi = alias ? gFi : gPw;
+            vec a = bc(0), dot = bc(0);
+            if (pre_norm) {
+                for (long j = 0; j < D; j++) {
+                    const vec gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
+                    a += gpg * u[j];
+                    dot += li[j] * gpF;
+                    gu[j] += gpg * hi;
+                    ghebbi[j] += gp * (hi * u[j]);
+                    glami[j] += gpF * inv;
+                }
+            } else {
+                for (long j = 0; j < D; j++) {
+                    const vec gp = gPi[j], gpg = gp * gi[j];
+                    a += gpg * u[j];
+                    gu[j] += gpg * hi;
+                    ghebbi[j] += gp * (hi * u[j]);
+                    glami[j] += gp * Fi[j];
+                }
+            }
+            g_hebb[i] = a;
+            pre_dot[i] = dot;
+        }
+        for (long i = i0; i < i1; i++) { /* per unit, as in step_backward */
+            vec g_total = go[i] + gh[i] + g_hebb[i];
+            if (deferred) g_total += gu[NI + i];
+            const vec ga = g_total * vactivation_grad(h[i], c->act);
+            acc->gb[i] += ga;
+            if (c->normalise) {
+                const vec r = R[i], in = 1 / (r + eps);
+                gs[i] = ga * in;
+                vec gn = -ga * S[i] * in * in;
+                if (!c->post) gn -= pre_dot[i] * in * in;
+                coef[i] = vpositive(r, gn / r);
+                pinv[i] = c->post ? bc(1) : in;
+            } else {
+                gs[i] = ga;
+                coef[i] = bc(0);
+                pinv[i] = bc(1);
+            }
+        }
+        for (long i = i0; i < i1; i++) {
+            vec *gFi = gF + i * D; /* may alias gPi: each element is read before written */
+            const vec *gPi = alias ? gFi : gP + (i - i0) * D;
+            vec *restrict gWi = acc->gW + i * D;
+            const vec *restrict Fi = F + i * D;
+            const REAL *restrict Wi = W + i * D, *restrict li = lam + i * D;
+            const vec gsi = gs[i], ci = coef[i], pi = pinv[i];
+            for (long j = 0; j < D; j++) {
+                const vec G = Fi[j] + Wi[j];
+                const vec gG = gsi * v[j] + ci * G;
+                gWi[j] += gG;
+                gv[j] += gsi * G;
+                gFi[j] = gG + li[j] * gPi[j] * pi;
+            }
+        }
+    }
+    for (long j = 0; j < (deferred ? NI : D); j++) gv[j] += gu[j];
+    if (c->recurrent) memcpy(gh, gv + NI, sizeof(vec) * H);
+}
+
+static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam,
+                           const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
+                           const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
+                           const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF_out,
+                           REAL *gh_out, REAL *gx, const LaneGrads *acc, vec *work) {
+    const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
+    const long n_ckpt = (T + K - 1) / K - 1, RB = c->current && c->recurrent ? H : ROW_BLOCK;
+    vec *ws = work, *gF = ws + (K + 1) * HD, *gP = gF + HD, *gu = gP + RB * D, *gv = gu + D;
+    vec *v = gv + D, *ubuf = v + D, *h = ubuf + D, *go = h + H, *gh = go + H, *unit = gh + H;
+    const vec *Sg = (const vec *)(S + b0 * T * H);
+    const vec *ck = (const vec *)(ckpt + b0 * n_ckpt * HD);
+    const vec *Rg = R ? (const vec *)(R + b0 * T * H) : NULL;
+    vec *R2g = R2 ? (vec *)(R2 + b0 * T * H) : NULL;
+    if (grad_F) gather(gF, grad_F + b0 * HD, HD, HD);
+    else memset(gF, 0, sizeof(vec) * HD);
+    memset(gh, 0, sizeof(vec) * H);
+    for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
+        const long t1 = t0 + K < T ? t0 + K : T;
+        if (t0) memcpy(ws, ck + (t0 / K - 1) * HD, sizeof(vec) * HD);
+        else gather(ws, F0 + b0 * HD, HD, HD);
+        for (long t = t0; t < t1; t++) { /* recompute F over the chunk */
+            group_presynaptic(c, x, h0, out, b0, t, v);
+            gather(h, out + (b0 * T + t) * H, T * H, H);
+            group_update(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
+                         group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL,
+                         R2g ? R2g + t * H : NULL, 0);
+        }
+        for (long t = t1 - 1; t >= t0; t--) {
+            group_presynaptic(c, x, h0, out, b0, t, v);
+            gather(h, out + (b0 * T + t) * H, T * H, H);
+            gather(go, grad_out + (b0 * T + t) * H, T * H, H);
+            group_step_back(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD, v,
+                            group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL, Sg + t * H,
+                            R2g ? R2g + t * H : NULL, go, gF, gh, acc, gP, gu, gv, unit);
+            if (gx) scatter(gx + (b0 * T + t) * NI, T * NI, gv, NI);
+        }
+    }
+    if (gF_out) scatter(gF_out + b0 * HD, HD, gF, HD);
+    scatter(gh_out + b0 * H, H, gh, H);
+}
+
+static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
+    for (long k = 0; k < n; k++) {
+        REAL sum = 0;
+        for (long l = 0; l < LANES; l++) sum += src[k][l];
+        dst[k] += sum;
+    }
+}
+
+void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
+                   const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
+                   const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
+                   const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
+                   REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
+    const long groups = (b1 - b0) / LANES, rest = b0 + groups * LANES;
+    const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K;
+    if (groups) {
+        const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
+        vec *work = vscratch((K + 2) * HD + RB * D + 4 * D + 8 * H);
+        vec *sums = vscratch(3 * HD + H);
+        memset(sums, 0, sizeof(vec) * (3 * HD + H));
+        const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
+        for (long g = 0; g < groups; g++)
+            group_backward(c, b0 + g * LANES, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2,
+                           grad_out, grad_F, gF, gh, gx, &acc, work);
+        reduce_lanes(gW, acc.gW, HD);
+        reduce_lanes(glam, acc.glam, HD);
+        reduce_lanes(ghebb, acc.ghebb, HD);
+        reduce_lanes(gb, acc.gb, H);
+        free(work);
+        free(sums);
+    }
+    if (rest < b1)
+        sample_backward(c, rest, b1, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out,
+                        grad_F, gF, gh, gx, gW, gb, glam, ghebb);
 }

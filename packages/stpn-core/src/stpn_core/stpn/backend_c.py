@@ -32,7 +32,11 @@ from stpn_core.stpn.reference import ACTIVATIONS, NORM_EPS
 SOURCE = Path(__file__).parent.parent / "native" / "stpn_loop.c"
 # -ffast-math lets the row reductions vectorise and tanh/sigmoid use the vector exp of libm; the
 # results differ from the reference only by rounding (the tests hold them to 1e-10 in float64).
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC", "-std=c11")
+# -mrecip=none keeps float32 divisions and square roots exact: their 12-bit estimates refined by
+# one Newton step made float32 gradients up to 1000x less accurate than the reference's where the
+# norm's gradient cancels (inputs of 1e4); the divisions are per unit, not per synapse.
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-mrecip=none", "-fopenmp-simd", "-shared")
+FLAGS += ("-fPIC", "-std=c11")
 WIDE_ROWS = 16
 """Rows of ``D`` a multiple of this many values get a build with 512-bit vectors (where the CPU
 has them: 8% faster per training step at the ART size, D = 48); other rows keep 256-bit vectors,
@@ -76,7 +80,7 @@ def _build(real: str, width: int) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not SOURCE.exists():
         return None
-    flags = (*FLAGS, f"-mprefer-vector-width={width}", f"-DREAL={real}")
+    flags = (*FLAGS, f"-mprefer-vector-width={width}", f"-DVEC_BITS={width}", f"-DREAL={real}")
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join((compiler, *flags, _cpu_signature())).encode()
     ).hexdigest()[:16]
@@ -119,6 +123,7 @@ def library(dtype: torch.dtype, width: int = 256) -> ctypes.CDLL | None:
         lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 13
         lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 20
         lib.stpn_forward.restype = lib.stpn_backward.restype = None
+        lib.stpn_lanes.restype = ctypes.c_long
     return lib
 
 
@@ -152,10 +157,14 @@ def recompute_interval(steps: int, H: int, D: int, itemsize: int) -> int:
     return max(1, min(steps, 64, max(8, WORKSPACE_BYTES // (H * D * itemsize))))
 
 
-def _batch_ranges(batch: int, work: int) -> list[tuple[int, int]]:
-    """Split the batch into one contiguous range per torch thread (the C loop releases the GIL)."""
+def _batch_ranges(batch: int, work: int, lanes: int = 1) -> list[tuple[int, int]]:
+    """Split the batch into one contiguous range per torch thread (the C loop releases the GIL),
+    at multiples of ``lanes`` (the C loop's group of samples), so that only the last range has
+    samples left over from whole groups."""
     parts = max(1, min(torch.get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
-    bounds = [round(k * batch / parts) for k in range(parts + 1)]
+    groups = batch // lanes
+    bounds = [lanes * round(k * groups / parts) for k in range(parts)] + [batch]
+    bounds = sorted(set(bounds))
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
@@ -197,8 +206,8 @@ def forward(
     rate = rate.contiguous()
     b = None if b is None else b.contiguous()
     args = _c_args(config, (T, B, I, H, D, every), b is not None)
-    ranges = _batch_ranges(B, B * H * D * T)
-    run = library_for(x.dtype, D).stpn_forward
+    lib = library_for(x.dtype, D)
+    ranges, run = _batch_ranges(B, B * H * D * T, lib.stpn_lanes()), lib.stpn_forward
 
     def call(_: int, b0: int, b1: int) -> None:
         run(
