@@ -9,7 +9,8 @@ import torch
 import yaml
 from stpn_core import paper_preset
 from stpn_supervised import AssociativeRetrievalDataModule, SequenceClassifier
-from stpn_supervised.cli import CONFIG_MODELS, config_path, main
+from stpn_supervised.cli import CONFIG_MODELS, config_path, main, run
+from torchmetrics import Metric
 
 SMALL_DATA = ["--data.train_size=64", "--data.val_size=64", "--data.test_size=64",
               "--data.batch_size=32"]
@@ -101,3 +102,37 @@ def test_stpn_learns_associative_retrieval(tmp_path) -> None:
     trainer.fit(module, data)
     accuracy = trainer.test(module, data, verbose=False)[0]["test/acc"]
     assert accuracy > 0.4  # chance is 0.1 with ten digits
+
+
+def test_metric_states_are_float32_for_every_accelerator() -> None:
+    # MPS has no float64: every floating metric state must be float32, before and after updates.
+    module = SequenceClassifier("rnn", 8)
+    x = torch.nn.functional.one_hot(torch.randint(0, 37, (4, 9)), 37).float()
+    module.test_step((x, torch.randint(26, 36, (4,))), 0)
+    states = {f"{name}.{key}": getattr(metric, key) for name, metric in module.named_modules()
+              if isinstance(metric, Metric) for key in metric._defaults}
+    assert "test_profile.total" in states
+    assert {s.dtype for s in states.values() if s.is_floating_point()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["fit", "--config", "missing.yaml"], "--config: no file missing.yaml"),
+        (["fit", "--config", "broken.yaml"], "--config: cannot read broken.yaml as YAML"),
+        (["fit", "--config", "typo.yaml"], "does not accept option 'model.nam'"),
+        (["fit", "--config", "ar/rnn", "--trainer.max_epochs=x"], "trainer.max_epochs"),
+        (["fitt"], "invalid choice: 'fitt'"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(arguments: list[str], message: str, tmp_path,
+                                        monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.yaml").write_text("model: [\n")
+    (tmp_path / "typo.yaml").write_text("model:\n  nam: stpn\n")
+    monkeypatch.setattr("sys.argv", ["python -m stpn_supervised", *arguments])
+    with pytest.raises(SystemExit) as exited:
+        run()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: ") and message in lines[0]

@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from stpn_core.cli import run_command
 from stpn_supervised import AssociativeRetrievalDataModule, SequenceClassifier, reproduce_ar
 from stpn_supervised.cli import main
 from stpn_supervised.reproduce_ar import (
     METRIC_KEYS,
     PROFILES,
     Profile,
-    checkpoint_callbacks,
     reproduce,
 )
+from stpn_supervised.runner import checkpoint_callbacks
 
 TINY = {"train_size": 256, "val_size": 128, "test_size": 160}
 
@@ -107,3 +108,18 @@ def test_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path) 
     trainer.fit(module, data)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 2 and Path(best.best_model_path).name == "best-epoch000.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--max-epochs", "0"], "max_epochs: expected a positive int"),
+     (["--models", "gru"], "argument --models: invalid choice: 'gru'"),
+     (["--threads", "x"], "argument --threads")],
+)
+def test_command_errors_are_one_line_exit_2(arguments: list[str], message: str, tmp_path,
+                                            capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_command(reproduce_ar.main, [*arguments, "--out", str(tmp_path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: ") and message in lines[0]

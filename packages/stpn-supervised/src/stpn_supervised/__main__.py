@@ -1,6 +1,6 @@
 """``python -m stpn_supervised fit|validate|test --config ar/stpn``: see :mod:`.cli`."""
 
-from stpn_supervised.cli import main
+from stpn_supervised.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -7,18 +7,25 @@ code: ``--trainer.strategy ddp --trainer.devices 2`` (gloo on CPU, NCCL on GPU).
 ``--config`` also accepts the name of a packaged config, e.g. ``--config ar/stpn`` or
 ``--config familiarity/stpnr``; the task is the one whose data module takes the config's
 ``data`` keys.
+
+Every error (a missing or invalid config file, an unknown option, a bad value) is one
+``error: ...`` line on stderr with exit status 2; ``--debug`` or ``STPN_DEBUG=1`` shows the
+traceback.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 
 import lightning as L
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from stpn_core.cli import EXIT_ERROR, CommandError, run_command
 
 from stpn_supervised.data import AssociativeRetrievalDataModule
 from stpn_supervised.familiarity import FamiliarityDataModule
@@ -51,15 +58,35 @@ def config_path(name: str) -> Path:
     return Path(str(resources.files("stpn_supervised") / "configs" / task / f"{stem}.yaml"))
 
 
-def _resolve_configs(args: list[str]) -> list[str]:
-    """Replace ``--config NAME`` by the packaged file when NAME is not a file on disk."""
+def _config_file(value: str) -> str:
+    """A ``--config`` value as a readable YAML file: the file itself when it exists (checked to
+    parse, so that a syntax error names the file), else the packaged config of that name."""
+    path = Path(value)
+    if path.is_file():
+        try:
+            content = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise CommandError(f"--config: cannot read {path} as YAML: "
+                               f"{' '.join(str(error).split())}") from error
+        if not isinstance(content, dict | None):
+            raise CommandError(f"--config: {path} holds a {type(content).__name__}; expected a "
+                               "mapping of sections (model, data, trainer, ...)")
+        return value
+    try:
+        return str(config_path(value))
+    except ValueError as error:
+        raise CommandError(f"--config: no file {value}, and not a packaged {error}") from error
+
+
+def _resolve_configs(args: Sequence[str]) -> list[str]:
+    """Check every ``--config`` file, and replace a packaged config's name by its path."""
     resolved = list(args)
     for i, arg in enumerate(resolved):
         key, _, value = arg.partition("=")
-        if key == "--config" and value and not Path(value).exists():
-            resolved[i] = f"--config={config_path(value)}"
-        elif arg == "--config" and i + 1 < len(resolved) and not Path(resolved[i + 1]).exists():
-            resolved[i + 1] = str(config_path(resolved[i + 1]))
+        if key == "--config" and value:
+            resolved[i] = f"--config={_config_file(value)}"
+        elif arg == "--config" and i + 1 < len(resolved):
+            resolved[i + 1] = _config_file(resolved[i + 1])
     return resolved
 
 
@@ -80,8 +107,36 @@ def task_of(args: list[str]) -> str:
     return "ar"
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run the CLI on ``args`` (default: ``sys.argv[1:]``)."""
-    resolved = _resolve_configs(sys.argv[1:] if args is None else args)
-    model, data = TASK_CLASSES[task_of(resolved)]
-    return LightningCLI(model, data, args=resolved, save_config_kwargs={"overwrite": True})
+class OneLineErrorParser(LightningArgumentParser):
+    """Lightning's parser, with a usage error reported as one ``error: ...`` line (exit 2)
+    instead of the full usage text, like every other stpn command."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # jsonargparse is trying alternatives: let it catch this
+            super().error(message, ex)
+        sys.stderr.write(f"error: {' '.join(message.split())} "
+                         f"(see python -m stpn_supervised --help)\n")
+        sys.exit(EXIT_ERROR)
+
+
+def main(args: Sequence[str] | None = None) -> LightningCLI:
+    """Run the CLI on ``args`` (default: the command line); a bad ``--config`` raises
+    :class:`~stpn_core.cli.CommandError`, a bad value the model's or data's ``ValueError``."""
+    if args is not None:
+        return _cli(_resolve_configs(args))
+    # From the command line, LightningCLI reads sys.argv itself (it warns when given both).
+    sys.argv[1:] = _resolve_configs([arg for arg in sys.argv[1:] if arg != "--debug"])
+    return _cli(None)
+
+
+def _cli(args: list[str] | None) -> LightningCLI:
+    model, data = TASK_CLASSES[task_of(sys.argv[1:] if args is None else args)]
+    return LightningCLI(model, data, args=args, save_config_kwargs={"overwrite": True},
+                        parser_class=OneLineErrorParser)
+
+
+def run() -> NoReturn:
+    """``python -m stpn_supervised``: :func:`main` on the command line, every error one
+    ``error: ...`` line (exit 2)."""
+    run_command(lambda _arguments: main())
+

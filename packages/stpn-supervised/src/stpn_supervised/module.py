@@ -18,17 +18,19 @@ from stpn_supervised.data import VOCAB_SIZE
 
 class StepProfile(Metric):
     """Mean over sequences of a ``(B, T)`` trace, kept per step: the energy profile along the
-    sequence. Sums and counts are reduced across processes, so DDP gives the full-set mean."""
+    sequence. Sums and counts are reduced across processes, so DDP gives the full-set mean.
+    States have the metric's dtype (torch's default, float32), which every accelerator supports
+    (MPS has no float64); ``set_dtype`` changes it."""
 
     full_state_update = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.zeros(0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(0, dtype=self.dtype), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=self.dtype), dist_reduce_fx="sum")
 
     def update(self, trace: Tensor) -> None:
-        summed = trace.detach().to(torch.float64).sum(dim=0)
+        summed = trace.detach().to(self.dtype).sum(dim=0)
         self.total = summed if self.total.numel() == 0 else self.total + summed
         self.count = self.count + trace.shape[0]
 

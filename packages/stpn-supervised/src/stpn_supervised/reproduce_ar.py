@@ -13,9 +13,6 @@ sequences, all nine configs, three seeds; hours, see the README).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -27,14 +24,13 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
-from lightning.pytorch.loggers import CSVLogger
 from stpn_analysis import format_table, load_runs, summarise, write_report
-from stpn_core.files import atomic_path, write_text_atomic
+from stpn_core.cli import ArgumentParser, run_command
 
 from stpn_supervised.cli import CONFIG_MODELS, config_path
 from stpn_supervised.data import AssociativeRetrievalDataModule
 from stpn_supervised.module import SequenceClassifier
+from stpn_supervised.runner import RunFolder
 
 MAIN_MODELS = CONFIG_MODELS[:5]
 
@@ -66,18 +62,6 @@ METRIC_KEYS = (
 """Keys every ``metrics.json`` holds (docs/run-format.md), plus a few extras."""
 
 
-def is_finished(run_dir: Path, max_epochs: int) -> bool:
-    """A run is finished when its ``metrics.json`` parses, holds every documented key and
-    records at least ``max_epochs`` epochs (a shorter run is continued from its last
-    checkpoint, so a run cut short with ``--max-epochs`` can be extended later)."""
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(metrics, dict) and all(key in metrics for key in METRIC_KEYS)
-            and metrics["epochs"] >= max_epochs)
-
-
 def _versions() -> dict[str, str]:
     names = ("torch", "lightning", "torchmetrics", "numpy", "stpn-core", "stpn-supervised")
     found = {}
@@ -87,39 +71,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "unknown"
     return found
-
-
-def _read_log(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _write_log(path: Path, rows: list[dict[str, str]]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _set_aside_log(log_path: Path, resumed_epoch: int) -> Path:
-    """CSVLogger deletes ``metrics.csv`` when training resumes. Before that, keep the rows up to
-    the resumed checkpoint's epoch (the last it completed) in ``previous_metrics.csv``, so that
-    they survive even if this attempt is killed too; :func:`_merge_log` puts them back."""
-    previous = log_path.with_name("previous_metrics.csv")
-    rows = _read_log(previous) + _read_log(log_path)
-    kept = [row for row in rows if row.get("epoch") and int(row["epoch"]) <= resumed_epoch]
-    if kept:
-        _write_log(previous, kept)
-    return previous
-
-
-def _merge_log(log_path: Path, previous: Path) -> None:
-    if previous.is_file():
-        _write_log(log_path, _read_log(previous) + _read_log(log_path))
-        previous.unlink()
 
 
 def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
@@ -133,44 +84,19 @@ def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
     return config
 
 
-def checkpoint_callbacks(dirpath: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """The best checkpoint by validation accuracy, and ``last.ckpt`` rewritten every epoch.
-
-    A separate callback for ``last.ckpt``: Lightning 2.6's ``save_last=True`` rewrites it only
-    when the monitored checkpoint improves, so a resume would restart from the best epoch.
-    """
-    best = ModelCheckpoint(dirpath=dirpath, filename="best-epoch{epoch:03d}", monitor="val/acc",
-                           mode="max", auto_insert_metric_name=False)
-    latest = ModelCheckpoint(dirpath=dirpath, filename="last", enable_version_counter=False)
-    return best, latest
-
-
-def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
+def train_one(model: str, seed: int, run: RunFolder, config: dict[str, Any],
               profile_name: str) -> dict[str, Any]:
-    """Train, test, and write ``metrics.json``; returns the metrics."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    """Train (or resume), test, and write ``metrics.json`` into ``run``; returns the metrics."""
+    run.write_config(config)
     L.seed_everything(seed, workers=True, verbose=False)
     data = AssociativeRetrievalDataModule(**config["data"])
     module = SequenceClassifier(**config["model"])
-    checkpoint, latest = checkpoint_callbacks(run_dir / "checkpoints")
-    timer = Timer()
-    trainer = L.Trainer(
-        max_epochs=config["trainer"]["max_epochs"], devices=1, default_root_dir=run_dir,
-        logger=CSVLogger(run_dir, name="logs", version=""),
-        callbacks=[checkpoint, latest, timer],
-        log_every_n_steps=50,
-    )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    log_path = run_dir / "logs" / "metrics.csv"
-    resumed_epoch = torch.load(last, weights_only=False)["epoch"] if last.is_file() else -1
-    previous = _set_aside_log(log_path, resumed_epoch)
-    trainer.fit(module, data, ckpt_path=last if last.is_file() else None)
-    epochs, wall_time = trainer.current_epoch, timer.time_elapsed("train")
+    trainer = run.fit(module, data, max_epochs=config["trainer"]["max_epochs"],
+                      log_every_n_steps=50)
+    best_path = run.best.best_model_path or None
+    epochs, wall_time = trainer.current_epoch, run.timer.time_elapsed("train")
     final = trainer.test(module, data, verbose=False)[0]
-    best = trainer.test(module, data, ckpt_path=checkpoint.best_model_path or None,
-                        verbose=False)[0]
-    _merge_log(log_path, previous)
+    best = trainer.test(module, data, ckpt_path=best_path, verbose=False)[0]
     metrics = {
         "task": "ar", "model": model, "seed": seed, "params": module.num_parameters,
         "proficiency": best["test/acc"], "proficiency_name": "test_acc",
@@ -179,14 +105,14 @@ def train_one(model: str, seed: int, run_dir: Path, config: dict[str, Any],
         "energy_profile": module.energy_profile,
         "wall_time_s": wall_time, "versions": _versions(),
         "test_acc": best["test/acc"], "test_energy": best["test/energy"],
-        "best_val_acc": float(checkpoint.best_model_score or float("nan")),
+        "best_val_acc": float(run.best.best_model_score or float("nan")),
         "best_test_acc": best["test/acc"], "final_test_acc": final["test/acc"],
         "final_test_energy": final["test/energy"], "epochs": epochs,
-        "best_checkpoint": Path(checkpoint.best_model_path).name,
+        "best_checkpoint": Path(best_path or "").name,
         "hidden_size": config["model"]["hidden_size"], "profile": profile_name,
         "train_size": config["data"]["train_size"],
     }
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    run.finish(metrics)
     return metrics
 
 
@@ -226,13 +152,14 @@ def reproduce(
     started = time.monotonic()
     for index, (model, seed) in enumerate(jobs, start=1):
         run_dir = root / model / f"seed{seed}"
-        if is_finished(run_dir, profile.max_epochs):
-            print(f"[{index}/{len(jobs)}] {model} seed {seed}: finished, skipped ({run_dir})")
-            continue
-        print(f"[{index}/{len(jobs)}] {model} seed {seed} -> {run_dir}", flush=True)
-        config = run_config(model, seed, profile)
-        config["data"]["data_dir"] = str(data_dir)
-        metrics = train_one(model, seed, run_dir, config, profile_name)
+        with RunFolder(run_dir) as run:
+            if run.is_finished(METRIC_KEYS, profile.max_epochs):
+                print(f"[{index}/{len(jobs)}] {model} seed {seed}: finished, skipped ({run_dir})")
+                continue
+            print(f"[{index}/{len(jobs)}] {model} seed {seed} -> {run_dir}", flush=True)
+            config = run_config(model, seed, profile)
+            config["data"]["data_dir"] = str(data_dir)
+            metrics = train_one(model, seed, run, config, profile_name)
         print(f"[{index}/{len(jobs)}] {model} seed {seed}: test accuracy "
               f"{metrics['test_acc']:.4f}, energy/step {metrics['energy_per_step']:.4g}, "
               f"{metrics['wall_time_s']:.0f} s", flush=True)
@@ -244,8 +171,9 @@ def reproduce(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stpn_supervised.reproduce_ar",
-                                     description=__doc__.split("\n\n")[0])
+    """The command line; every error is one ``error: ...`` line, exit status 2."""
+    parser = ArgumentParser(prog="python -m stpn_supervised.reproduce_ar",
+                            description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     parser.add_argument("--models", nargs="+", choices=CONFIG_MODELS, default=None,
                         help="default: the profile's models")
@@ -263,4 +191,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
