@@ -21,6 +21,6 @@ def tiny_config(task: str, core: str, **changes: Any) -> dict[str, Any]:
     return merge(merge(load_config(task, core), small), changes)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny() -> Any:
     return tiny_config

@@ -1,6 +1,8 @@
 """Run directories (docs/run-format.md), resuming, the CLIs, and configuration errors."""
 
 import json
+import runpy
+import sys
 
 import pandas as pd
 import pytest
@@ -8,8 +10,9 @@ import stpn_core
 import torch
 import yaml
 from stpn_rl import evaluate, train
-from stpn_rl.config import load_config
+from stpn_rl.config import DEFAULT_CRITIC, load_config, validate_config
 from stpn_rl.tasks import make_vec_env
+from stpn_rl.train import build_agent
 
 METRIC_TYPES = {
     "task": str,
@@ -30,7 +33,7 @@ METRIC_TYPES = {
 }
 
 
-def test_run_directory_follows_the_contract_and_resumes(tiny, tmp_path) -> None:
+def test_run_directory_follows_the_contract_and_extends(tiny, tmp_path) -> None:
     config = tiny("maze", "stpn", total_timesteps=64, checkpoint_freq=32)
     run = train.train("maze", "stpn", config, seed=1, out=tmp_path, progress_bar=False)
     assert run == tmp_path / "maze" / "stpn" / "seed1"
@@ -42,19 +45,27 @@ def test_run_directory_follows_the_contract_and_resumes(tiny, tmp_path) -> None:
     log = pd.read_csv(run / "logs" / "progress.csv")
     assert {"time/total_timesteps", "rollout/ep_rew_mean"} <= set(log.columns)
     assert (run / "checkpoints" / "rl_model_32_steps.zip").is_file()
+    assert (run / "checkpoints" / "final.zip").is_file()
 
-    # Interrupt after the first checkpoint, then rerun with a longer budget: it resumes.
-    (run / "metrics.json").unlink()
-    (run / "checkpoints" / "final.zip").unlink()
-    (run / "checkpoints" / "rl_model_64_steps.zip").unlink()
-    resumed = train.train(
+    # The same command again prints the finished run; a larger budget trains it further, to
+    # exactly where one uninterrupted longer run ends.
+    assert train.train("maze", "stpn", config, seed=1, out=tmp_path, progress_bar=False) == run
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    extended = train.train(
         "maze", "stpn", config, total_timesteps=128, seed=1, out=tmp_path, progress_bar=False
     )
-    metrics = json.loads((resumed / "metrics.json").read_text())
+    longer = train.train(
+        "maze", "stpn", config | {"total_timesteps": 128}, seed=1, out=tmp_path / "longer",
+        progress_bar=False,
+    )
+    metrics, reference = (json.loads((r / "metrics.json").read_text()) for r in (extended, longer))
     assert metrics["timesteps"] == 128
+    for key in ("mean_reward", "std_reward", "energy_per_step", "energy_profile", "params"):
+        assert metrics[key] == reference[key], key
     steps = pd.read_csv(run / "logs" / "progress.csv")["time/total_timesteps"].tolist()
-    assert steps == [32, 64, 96, 128]  # the first session's row past the checkpoint is replaced
+    assert steps == [32, 64, 96, 128]
     recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["total_timesteps"] == 128
     assert load_config("maze", "stpn", run / "config.yaml") == recorded
 
 
@@ -151,3 +162,47 @@ def test_maze_configs_use_the_papers_budget_matched_presets() -> None:
         policy = load_config("maze", name)["policy"]
         assert policy["hidden_size"] == preset.hidden_size, name
         assert policy["core_options"] == dict(preset.options), name
+
+
+def test_the_configs_default_critic_is_the_policys(tiny) -> None:
+    config = tiny("maze", "stpn")
+    del config["policy"]["critic"]
+    validate_config(config, "maze")
+    assert build_agent(config, "maze", seed=0).policy.critic_mode == DEFAULT_CRITIC
+
+
+def run_cli(module: str, argv: list[str], monkeypatch, capsys) -> str:
+    """Run ``python -m module argv`` in this process; return its stderr (exit status 2)."""
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy's notice
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("stpn_rl.evaluate", ["RUN", "--episodes", "0"], "error: --episodes: expected a positive"),
+        ("stpn_rl.evaluate", ["RUN", "--episodes", "-3"], "error: --episodes: expected a positive"),
+        ("stpn_rl.evaluate", ["RUN"], "error: run_dir: RUN has no config.yaml"),
+        ("stpn_rl.train", ["--task", "chess", "--core", "stpn"], "error: task: expected one of"),
+        ("stpn_rl.train", ["--task", "maze"], "error: the following arguments are required"),
+        ("stpn_rl.train", ["--task", "maze", "--core", "stpn", "--config", "BAD"],
+         "error: BAD: not valid YAML: "),
+        ("stpn_rl.train", ["--task", "maze", "--core", "stpn", "--n-envs", "0"],
+         "error: n_envs: expected a positive integer, got 0"),
+    ],
+)
+def test_command_line_errors_are_one_line(module, argv, message, tmp_path, monkeypatch,
+                                          capsys) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("ppo: {gamma: 0.9\nn_envs: 2\n")
+    argv = [str(bad_yaml) if a == "BAD" else str(tmp_path / "run") if a == "RUN" else a
+            for a in argv]
+    message = message.replace("BAD", str(bad_yaml)).replace("RUN", str(tmp_path / "run"))
+    monkeypatch.chdir(tmp_path)
+    err = run_cli(module, argv, monkeypatch, capsys)
+    assert len(err.splitlines()) == 1 and err.startswith(message), err
+    assert not (tmp_path / "runs").exists()  # nothing written

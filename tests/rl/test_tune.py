@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from stpn_rl.search_spaces import (
 )
 from stpn_rl.train import build_agent, count_parameters
 from stpn_rl.tune import TrialEvalCallback, main
+from stpn_rl.tune.objective import evaluation_steps
 
 TINY = {
     "n_envs": 2,
@@ -64,6 +66,46 @@ def tune_args(tiny_config: Path, out: Path, *extra: str) -> list[str]:
 
 def load(out: Path, name: str = "maze-stpn") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_each_trial_evaluates_exactly_n_evaluations_times_whatever_the_rollout(
+    tiny_config, tmp_path, capsys
+):
+    # Rollouts of 25 steps x 2 envs are longer than --n-timesteps: each evaluation gets one.
+    out = tmp_path / "sweep"
+    args = tune_args(tiny_config, out, "--n-trials", "1", "--n-evaluations", "3")
+    assert main(args) == 0
+    (trial,) = load(out).trials
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert trial.user_attrs["timesteps"] == 150
+    assert "steps trained per trial: 150 " in capsys.readouterr().out
+    assert "after 150 training steps" in (out / "best.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("rollout", "n_timesteps", "n_evaluations", "steps"),
+    [
+        (50, 20, 3, [50, 100, 150]),  # at least one rollout per evaluation
+        (32, 1024, 4, [256, 512, 768, 1024]),  # evenly spaced
+        (32, 100, 3, [64, 96, 128]),  # 100 steps round up to 4 rollouts
+        (12800, 512, 2, [12800, 25600]),  # the maze default (200 x 64 envs), issue 10
+    ],
+)
+def test_evaluation_steps_fall_on_rollout_ends(rollout, n_timesteps, n_evaluations, steps):
+    assert evaluation_steps(rollout, n_timesteps, n_evaluations) == steps
+
+
+def test_a_postgresql_storage_without_its_driver_says_what_to_install(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the extra were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TINY_RUN, "--out", str(tmp_path), "--storage", "postgresql://u@localhost/db"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "storage: postgresql URLs need the database driver 'psycopg'" in err
+    assert 'pip install -e "packages/stpn-rl[postgres]"' in err
 
 
 def test_trials_complete_write_results_and_a_rerun_continues_the_study(tiny_config, tmp_path):
@@ -174,7 +216,8 @@ def test_failing_and_diverging_trials_are_recorded_and_the_study_goes_on(tiny_co
             return float("nan")
         if trial.number == 2:  # real training whose evaluation diverges
             model = build_agent(config, "maze", seed=0)
-            model.learn(20, callback=TrialEvalCallback(trial, 5, lambda: float("nan")))
+            rollout = model.n_steps * model.n_envs
+            model.learn(20, callback=TrialEvalCallback(trial, [rollout], lambda: float("nan")))
         return 1.0
 
     out = tmp_path / "sweep"

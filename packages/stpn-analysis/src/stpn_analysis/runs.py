@@ -138,12 +138,13 @@ def _checkpoint_files(run_dir: Path) -> list[Path]:
 
 def _state_dict(path: Path) -> dict[str, Any]:
     """The tensors of a Lightning ``*.ckpt`` (its ``state_dict``) or of ``policy.pth`` in an SB3
-    zip. ``weights_only=True``: a runs folder may come from elsewhere, so nothing is unpickled."""
+    zip, on the CPU whatever device saved them. ``weights_only=True``: a runs folder may come
+    from elsewhere, so nothing is unpickled."""
+    source: Path | io.BytesIO = path
     if path.suffix == ".zip":
         with zipfile.ZipFile(path) as archive:
-            data = torch.load(io.BytesIO(archive.read("policy.pth")), weights_only=True)
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+            source = io.BytesIO(archive.read("policy.pth"))
+    data = torch.load(source, map_location="cpu", weights_only=True)
     return data.get("state_dict", data) if isinstance(data, dict) else {}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import stpn_core
+import torch
 import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -51,6 +52,8 @@ POLICY_OPTIONS = tuple(
     )
 )
 EVALUATION_OPTIONS = ("episodes", "deterministic")
+DEFAULT_CRITIC = inspect.signature(CorePolicy.__init__).parameters["critic"].default
+"""What ``policy.critic`` is when a configuration leaves it out: :class:`CorePolicy`'s own."""
 
 
 def config_dir(task: str) -> Path:
@@ -64,7 +67,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"path: no configuration file at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        problem = " ".join(str(error).split())
+        raise ValueError(f"{path}: not valid YAML: {problem}") from error
     if not isinstance(data, dict):
         raise ValueError(f"path: {path} must hold a YAML mapping, got {type(data).__name__}")
     return data
@@ -123,6 +130,19 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _check_core_options(policy: dict[str, Any]) -> None:
+    """Build the core once, so that an unknown or out-of-range core option is reported now,
+    before a run folder records the configuration (the global RNG is left as it was)."""
+    options = policy.get("core_options", {})
+    if not isinstance(options, dict):
+        raise ValueError("policy.core_options: expected a mapping of core options")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            stpn_core.build_model(policy["core"], 1, policy["hidden_size"], **options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"policy.core_options: {error}") from error
+
+
 def validate_config(config: dict[str, Any], task: str) -> None:
     """Raise ``ValueError``/``TypeError`` naming the first bad entry of ``config``."""
     if not isinstance(config, dict):
@@ -160,10 +180,11 @@ def validate_config(config: dict[str, Any], task: str) -> None:
     if models is not None and policy.get("core") not in models:
         raise ValueError(f"core: expected one of {sorted(models)}, got {policy.get('core')!r}")
     _positive_int("policy.hidden_size", policy.get("hidden_size"))
-    if not isinstance(policy.get("core_options", {}), dict):
-        raise ValueError("policy.core_options: expected a mapping of core options")
-    if policy.get("critic", "shared") not in CRITIC_CHOICES:
-        raise ValueError(f"policy.critic: expected one of {CRITIC_CHOICES}")
+    _check_core_options(policy)
+    if policy.get("critic", DEFAULT_CRITIC) not in CRITIC_CHOICES:
+        raise ValueError(
+            f"policy.critic: expected one of {CRITIC_CHOICES}, got {policy['critic']!r}"
+        )
     check_env_kwargs(task, env)
     evaluation = config.get("evaluation", {})
     if not isinstance(evaluation, dict):

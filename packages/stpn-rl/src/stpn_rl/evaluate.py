@@ -6,9 +6,8 @@ the run directory.
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
+from stpn_core.cli import ArgumentParser, run_command
 
 from stpn_rl.policies import CorePolicy
 from stpn_rl.runs import load_run, write_json
@@ -149,19 +149,24 @@ def evaluate_random(
     return run_episodes(env, step, n_episodes)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m stpn_rl.evaluate", description=__doc__)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes to play (default: the run's evaluation.episodes)")
     parser.add_argument("--deterministic", action="store_true")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: the run's ppo.device, else the best one)")
     args = parser.parse_args(argv)
-    model, config = load_run(args.run_dir)
-    evaluation = config.get("evaluation", {})
+    if args.episodes is not None and args.episodes < 1:
+        parser.error(f"--episodes: expected a positive integer, got {args.episodes}")
+    model, config = load_run(args.run_dir, args.device)
+    episodes = args.episodes or config.get("evaluation", {}).get("episodes", 100)
     result = evaluate_agent(
         model,
         config["task"],
-        args.episodes or evaluation.get("episodes", 100),
+        episodes,
         args.deterministic,
         args.seed if args.seed is not None else config["seed"] + 10_000,
         config["env"],
@@ -173,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,46 +1,74 @@
-"""Files of a run directory (docs/run-format.md): atomic JSON/YAML writes, checkpoints, and
-loading a run back for evaluation."""
+"""Files of a run directory (docs/run-format.md): atomic JSON writes, the CSV log kept whole
+across sessions, and loading a run back for evaluation."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+import pandas as pd
+import torch
 from sb3_contrib import RecurrentPPO
 from stpn_core.files import write_text_atomic
 
-CHECKPOINT_PREFIX = "rl_model"
-_CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}_(\d+)_steps\.zip")
+from stpn_rl.checkpoints import list_checkpoints
+from stpn_rl.config import read_yaml
+
+FINAL_MODEL = "final.zip"
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
+    """Write ``data`` as JSON atomically and durably."""
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the most timesteps in ``directory``, if any."""
-    found = [
-        (int(m.group(1)), p)
-        for p in directory.glob("*.zip")
-        if (m := _CHECKPOINT.fullmatch(p.name))
-    ]
-    return max(found)[1] if found else None
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of writes a killed session left half-done (only the holder of
+    the run folder's lock may call this: another writer's would be live)."""
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "logs"):
+        for path in folder.glob(".*.tmp"):
+            path.unlink()
 
 
-def load_run(run_dir: str | Path) -> tuple[RecurrentPPO, dict[str, Any]]:
-    """The final (or latest) model of a run directory and its resolved configuration."""
+def set_progress_aside(logs: Path) -> None:
+    """Rename ``progress.csv`` to the next ``progress.part<k>.csv`` before a session resumes:
+    SB3's logger starts a new file, and :func:`merge_progress` joins them at the end."""
+    if (logs / "progress.csv").is_file():
+        index = len(list(logs.glob("progress.part*.csv")))
+        (logs / "progress.csv").rename(logs / f"progress.part{index}.csv")
+
+
+def merge_progress(logs: Path) -> None:
+    """Join the CSV logs of interrupted and resumed sessions into ``progress.csv``; rows an
+    earlier session logged past the checkpoint a later one resumed from are dropped."""
+    parts = sorted(logs.glob("progress.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    if not parts:
+        return
+    paths = [*parts, logs / "progress.csv"]
+    frames = [pd.read_csv(p) for p in paths if p.is_file() and p.stat().st_size > 0]
+    merged = frames[0]
+    for frame in frames[1:]:
+        first = frame["time/total_timesteps"].min()
+        merged = pd.concat([merged[merged["time/total_timesteps"] < first], frame])
+    write_text_atomic(logs / "progress.csv", merged.to_csv(index=False))
+    for p in parts:
+        p.unlink()
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device | None = None
+) -> tuple[RecurrentPPO, dict[str, Any]]:
+    """The final (or latest) model of a run directory, on ``device`` (default: the run's
+    configured ``ppo.device``, else the best available), and its resolved configuration."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ValueError(f"run_dir: {run_dir} has no config.yaml")
-    config = yaml.safe_load(config_path.read_text())
-    checkpoint = run_dir / "checkpoints" / "final.zip"
-    if not checkpoint.is_file():
-        checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
+    config = read_yaml(config_path)
+    final = run_dir / "checkpoints" / FINAL_MODEL
+    checkpoints = [final] if final.is_file() else list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
         raise ValueError(f"run_dir: {run_dir} has no checkpoint")
-    return RecurrentPPO.load(checkpoint, device="cpu"), config
+    device = device or config.get("ppo", {}).get("device", "auto")
+    return RecurrentPPO.load(checkpoints[0], device=device), config

@@ -2,34 +2,50 @@
 
 ``python -m stpn_rl.train --task maze --core stpn [--config FILE] [--total-timesteps N]
 [--n-envs K] [--seed S] [--out runs/rl]`` writes ``<out>/<task>/<core>/seed<S>/`` as
-docs/run-format.md describes; rerunning it resumes from the last checkpoint.
+docs/run-format.md describes. Rerunning it resumes from the last checkpoint and ends as the
+uninterrupted run would have (:mod:`stpn_rl.checkpoints`); rerunning a finished run with a larger
+``--total-timesteps`` trains it further. One process writes a run folder at a time.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import yaml
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv
-from stpn_core.files import write_text_atomic
+from stpn_core.cli import ArgumentParser, CommandError, run_command
+from stpn_core.files import RunLock, RunLockedError, atomic_path, write_text_atomic
 
-from stpn_rl.config import load_config, merge, validate_config
+from stpn_rl.checkpoints import (
+    ResumablePPO,
+    RolloutCheckpoint,
+    checkpoint_path,
+    restore_training,
+    resume_latest,
+    save_checkpoint,
+)
+from stpn_rl.config import load_config, merge, read_yaml, validate_config
 from stpn_rl.evaluate import evaluate_agent
 from stpn_rl.policies import CorePolicy
-from stpn_rl.runs import CHECKPOINT_PREFIX, latest_checkpoint, write_json
+from stpn_rl.runs import (
+    FINAL_MODEL,
+    merge_progress,
+    remove_temporaries,
+    set_progress_aside,
+    write_json,
+)
 from stpn_rl.tasks import get_task, make_vec_env
 
 
@@ -47,7 +63,7 @@ def build_agent(
     if env is None:
         env = make_vec_env(task, config["n_envs"], seed, **config["env"])
     policy_kwargs = get_task(task).policy_defaults | config["policy"]
-    return RecurrentPPO(
+    return ResumablePPO(
         CorePolicy,
         env,
         policy_kwargs=policy_kwargs,
@@ -60,31 +76,6 @@ def build_agent(
 
 def count_parameters(model: RecurrentPPO) -> int:
     return sum(p.numel() for p in model.policy.parameters() if p.requires_grad)
-
-
-class WallTimedCheckpoint(CheckpointCallback):
-    """SB3's checkpoint callback that also records the training wall time at each checkpoint,
-    so that a resumed run reports its whole training time."""
-
-    def __init__(self, save_freq: int, directory: Path, wall_offset: float) -> None:
-        super().__init__(save_freq, str(directory), name_prefix=CHECKPOINT_PREFIX)
-        self.directory, self.wall_offset = directory, wall_offset
-        self.started = time.perf_counter()
-
-    def wall_time(self) -> float:
-        return self.wall_offset + time.perf_counter() - self.started
-
-    def save(self) -> Path:
-        path = Path(self._checkpoint_path(extension="zip"))
-        self.model.save(path)
-        record = _read_wall_times(self.directory) | {path.name: self.wall_time()}
-        write_json(self.directory / "wall_time.json", record)
-        return path
-
-    def _on_step(self) -> bool:
-        if self.n_calls % self.save_freq == 0:
-            self.save()
-        return True
 
 
 class WallTimeLimit(BaseCallback):
@@ -107,30 +98,49 @@ class WallTimeLimit(BaseCallback):
         return time.perf_counter() - self.started < self.seconds
 
 
-def _read_wall_times(directory: Path) -> dict[str, float]:
-    path = directory / "wall_time.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _merge_progress(logs: Path) -> None:
-    """Join the CSV logs of interrupted and resumed sessions into ``progress.csv``; rows an
-    earlier session logged past the checkpoint a later one resumed from are dropped."""
-    parts = sorted(logs.glob("progress.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
-    if not parts:
-        return
-    frames = [pd.read_csv(p) for p in [*parts, logs / "progress.csv"] if p.stat().st_size > 0]
-    merged = frames[0]
-    for frame in frames[1:]:
-        first = frame["time/total_timesteps"].min()
-        merged = pd.concat([merged[merged["time/total_timesteps"] < first], frame])
-    write_text_atomic(logs / "progress.csv", merged.to_csv(index=False))
-    for p in parts:
-        p.unlink()
-
-
 def versions() -> dict[str, str]:
     names = ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "stpn-core", "stpn-rl")
     return {name: version(name) for name in names}
+
+
+def resolve_config(
+    task: str,
+    core: str,
+    config: dict[str, Any] | str | Path | None,
+    overrides: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """The run's whole configuration, validated: ``config`` (a dict, or a YAML file over the
+    task's and core's defaults) with the non-``None`` ``overrides`` and the task and seed."""
+    if isinstance(config, dict):
+        chosen = config.get("policy", {}).get("core", core)
+        if chosen != core:
+            raise ValueError(f"core: the config is for core {chosen!r}, but core={core!r}")
+        config = merge(config, {"policy": {"core": core}})
+    else:
+        config = load_config(task, core, config)
+    config = merge(config, {k: v for k, v in overrides.items() if v is not None})
+    config |= {"task": task, "seed": seed}
+    validate_config(config, task)
+    return config
+
+
+def _claim_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Check ``config`` against the one the folder records and record it; ``False`` when the
+    run is finished and ``config`` asks for no more steps than it had."""
+    previous = run_dir / "config.yaml"
+    if previous.is_file():
+        recorded = read_yaml(previous)
+        # The length may grow and the device change; anything else is another experiment.
+        ignored = {"total_timesteps": 0, "ppo": {"device": None}}
+        if merge(recorded, ignored) != merge(config, ignored):
+            raise ValueError(f"out: {run_dir} holds a run with another configuration")
+        if (run_dir / "metrics.json").is_file():
+            if config["total_timesteps"] <= recorded["total_timesteps"]:
+                return False
+            (run_dir / "metrics.json").unlink()  # extended: no longer finished
+    write_text_atomic(previous, yaml.safe_dump(config, sort_keys=False))
+    return True
 
 
 def train(
@@ -146,61 +156,63 @@ def train(
     max_wall_time: float | None = None,
 ) -> Path:
     """Train ``core`` on ``task``, evaluate it, and return the run directory
-    ``<out>/<task>/<core>/seed<seed>``. A run that stopped part-way resumes from its last
-    checkpoint; a finished run (``metrics.json`` present) is returned as it is.
-    ``max_wall_time`` (seconds of this session) ends training early, for equal-budget
-    comparisons; ``metrics.json`` then records the timesteps reached."""
-    if isinstance(config, dict):
-        chosen = config.get("policy", {}).get("core", core)
-        if chosen != core:
-            raise ValueError(f"core: the config is for core {chosen!r}, but core={core!r}")
-        config = merge(config, {"policy": {"core": core}})
-    else:
-        config = load_config(task, core, config)
-    overrides = {"total_timesteps": total_timesteps, "n_envs": n_envs}
-    config = merge(config, {k: v for k, v in overrides.items() if v is not None})
-    config |= {"task": task, "seed": seed}
-    validate_config(config, task)
-    run_dir = Path(out) / task / core / f"seed{seed}"
-    if (run_dir / "metrics.json").is_file():
-        return run_dir
-    checkpoints, logs = run_dir / "checkpoints", run_dir / "logs"
-    previous = run_dir / "config.yaml"
-    if previous.is_file():
-        recorded = yaml.safe_load(previous.read_text())
-        if {**recorded, "total_timesteps": 0} != {**config, "total_timesteps": 0}:
-            raise ValueError(f"out: {run_dir} holds a run with another configuration")
-    write_text_atomic(previous, yaml.safe_dump(config, sort_keys=False))
+    ``<out>/<task>/<core>/seed<seed>``.
 
+    The whole configuration is checked (the environments and the agent are built) before the
+    folder is touched. A run that stopped part-way resumes from its last checkpoint and ends
+    exactly as an uninterrupted run; a finished run (``metrics.json`` present) is returned as it
+    is, unless ``total_timesteps`` grew, in which case it trains on. ``max_wall_time`` (seconds
+    of this session) ends training early, for equal-budget comparisons (``metrics.json`` then
+    records the timesteps reached; such a run resumes, but not step for step). Raises
+    :class:`~stpn_core.files.RunLockedError` if another process is writing the run folder.
+    """
+    overrides = {"total_timesteps": total_timesteps, "n_envs": n_envs}
+    config = resolve_config(task, core, config, overrides, seed)
+    run_dir = Path(out) / task / core / f"seed{seed}"
+    checkpoints, logs = run_dir / "checkpoints", run_dir / "logs"
+    limit = [] if max_wall_time is None else [WallTimeLimit(max_wall_time)]
     set_random_seed(seed)
     env = make_vec_env(task, config["n_envs"], seed, **config["env"])
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is None:
-        model, wall_offset = build_agent(config, task, seed, env=env), 0.0
-    else:
-        model = RecurrentPPO.load(resume_from, env=env, device="cpu")
-        wall_offset = _read_wall_times(checkpoints).get(resume_from.name, 0.0)
-        if (logs / "progress.csv").is_file():
-            index = len(list(logs.glob("progress.part*.csv")))
-            (logs / "progress.csv").rename(logs / f"progress.part{index}.csv")
-    model.set_logger(configure(str(logs), ["csv", "tensorboard"]))
-    checkpoint = WallTimedCheckpoint(
-        max(config.get("checkpoint_freq", 100_000) // config["n_envs"], 1), checkpoints, wall_offset
-    )
-    remaining = config["total_timesteps"] - model.num_timesteps
-    limit = [] if max_wall_time is None else [WallTimeLimit(max_wall_time)]
-    if remaining > 0:
-        model.learn(
-            remaining,
-            callback=[checkpoint, *limit, *callbacks],
-            reset_num_timesteps=resume_from is None,
-            progress_bar=progress_bar,
+    model = build_agent(config, task, seed, env=env)
+    with RunLock(run_dir):
+        if not _claim_run(run_dir, config):
+            env.close()
+            return run_dir
+        remove_temporaries(run_dir)
+        resumed = resume_latest(checkpoints, env, config["ppo"].get("device", "auto"))
+        if resumed is not None:
+            model, state = resumed
+            set_progress_aside(logs)
+        model.set_logger(configure(str(logs), ["csv", "tensorboard"]))
+        if resumed is not None and state is not None:
+            restore_training(model, state)
+        rollout = model.n_steps * model.n_envs
+        checkpoint = RolloutCheckpoint(
+            checkpoints,
+            max(config.get("checkpoint_freq", 100_000) // rollout, 1),
+            0.0 if resumed is None or state is None else state["wall_time"],
         )
-    wall_time = checkpoint.wall_time()
-    model.save(checkpoints / "final.zip")
-    model.get_env().close()
-    _merge_progress(logs)
+        remaining = config["total_timesteps"] - model.num_timesteps
+        if remaining > 0:
+            model.learn(
+                remaining,
+                callback=[checkpoint, *limit, *callbacks],
+                reset_num_timesteps=resumed is None,
+                progress_bar=progress_bar,
+            )
+        wall_time = checkpoint.wall_time()
+        last = save_checkpoint(model, checkpoint_path(checkpoints, model.num_timesteps), wall_time)
+        with atomic_path(checkpoints / FINAL_MODEL) as temporary:
+            shutil.copyfile(last, temporary)
+        model.get_env().close()
+        merge_progress(logs)
+        write_json(run_dir / "metrics.json", _evaluate(model, config, wall_time))
+    return run_dir
 
+
+def _evaluate(model: RecurrentPPO, config: dict[str, Any], wall_time: float) -> dict[str, Any]:
+    """The run's ``metrics.json``: the trained agent evaluated on fresh episodes."""
+    task, seed = config["task"], config["seed"]
     evaluation = config.get("evaluation", {})
     result = evaluate_agent(
         model,
@@ -212,7 +224,7 @@ def train(
     )
     metrics = {
         "task": task,
-        "model": core,
+        "model": config["policy"]["core"],
         "seed": seed,
         "params": count_parameters(model),
         "proficiency": result["mean_reward"],
@@ -230,13 +242,13 @@ def train(
     references = get_task(task).references
     if references is not None:  # e.g. the maze's random policy and oracle, on this run's maze
         metrics["references"] = references(config["env"])
-    write_json(run_dir / "metrics.json", metrics)
-    return run_dir
+    return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Train a RecurrentPPO agent with a stpn_core core."
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgumentParser(
+        prog="python -m stpn_rl.train",
+        description="Train a RecurrentPPO agent with a stpn_core core; rerun to resume or extend.",
     )
     parser.add_argument("--task", required=True)
     parser.add_argument("--core", required=True)
@@ -248,18 +260,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-wall-time", type=float, default=None, help="seconds of training")
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    run_dir = train(
-        args.task,
-        args.core,
-        args.config,
-        args.total_timesteps,
-        args.n_envs,
-        args.seed,
-        args.out,
-        progress_bar=not args.no_progress_bar,
-        max_wall_time=args.max_wall_time,
-    )
+    try:
+        run_dir = train(
+            args.task,
+            args.core,
+            args.config,
+            args.total_timesteps,
+            args.n_envs,
+            args.seed,
+            args.out,
+            progress_bar=not args.no_progress_bar,
+            max_wall_time=args.max_wall_time,
+        )
+    except RunLockedError as error:
+        raise CommandError(str(error)) from error
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(
         f"{args.task}/{args.core} seed {args.seed}: mean reward {metrics['mean_reward']:.2f} "
@@ -269,4 +286,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

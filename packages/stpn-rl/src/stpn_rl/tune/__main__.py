@@ -1,7 +1,7 @@
 """``python -m stpn_rl.tune``."""
 
-import sys
+from stpn_core.cli import run_command
 
 from stpn_rl.tune.cli import main
 
-sys.exit(main())
+run_command(main)

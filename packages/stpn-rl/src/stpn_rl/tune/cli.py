@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 import yaml
+from stpn_core.cli import ArgumentParser
 
 from stpn_rl.config import load_config
 from stpn_rl.search_spaces import check_fixed, search_space
@@ -63,10 +64,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> ArgumentParser:
     """The CLI: one flag per :class:`TuneOptions` field."""
     defaults = {f.name: f.default for f in fields(TuneOptions)}
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m stpn_rl.tune",
         description="Optuna sweep of a task's RecurrentPPO agent; resumable, multi-worker.",
         formatter_class=_HelpFormatter,
@@ -123,10 +124,12 @@ def parse_fix(item: str) -> tuple[str, Any]:
 
 def main(argv: Sequence[str] | None = None, objective: Objective | None = None) -> int:
     """Run the CLI. Exit status: 0, 1 when no trial of the study completed, 2 for bad
-    arguments, 130 after Ctrl-C."""
+    arguments (one ``error: ...`` line), 130 after Ctrl-C. ``python -m stpn_rl.tune`` runs it
+    through :func:`stpn_core.cli.run_command`, which turns any other error into one line."""
     cli = parser()
+    args = cli.parse_args(argv)
+    del args.debug  # read by run_command
     try:
-        args = cli.parse_args(argv)
         args.fix = dict(parse_fix(item) for item in args.fix) if args.fix else None
         options = TuneOptions(**vars(args))
         load_base(options)

@@ -14,6 +14,31 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "none")
 
 
+DRIVER_EXTRAS = {"postgresql": 'pip install -e "packages/stpn-rl[postgres]"'}
+"""How to install the database driver a storage URL needs, by SQLAlchemy backend."""
+
+
+def check_storage(storage: str) -> None:
+    """Raise ``ValueError`` unless ``storage`` is a SQLAlchemy URL whose driver is installed
+    (saying how to install it), so that a sweep fails before it starts, not at its first write."""
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+        dialect = url.get_dialect()
+    except sqlalchemy.exc.ArgumentError as error:
+        raise ValueError(
+            "storage: expected a SQLAlchemy URL such as sqlite:///study.db or "
+            f"postgresql://user:password@host/db, got {storage!r}"
+        ) from error
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        install = DRIVER_EXTRAS.get(url.get_backend_name(), f"install the {error.name} package")
+        raise ValueError(
+            f"storage: {url.drivername} URLs need the database driver {error.name!r}, which is "
+            f"not installed; {install}"
+        ) from error
+
+
 @dataclass(frozen=True)
 class TuneOptions:
     """One sweep's settings, named as the CLI flags. Checked on construction."""
@@ -66,13 +91,7 @@ class TuneOptions:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
         if self.storage is not None:
-            try:
-                sqlalchemy.engine.make_url(self.storage)
-            except sqlalchemy.exc.ArgumentError as error:
-                raise ValueError(
-                    "storage: expected a SQLAlchemy URL such as sqlite:///study.db or "
-                    f"postgresql://user:password@host/db, got {self.storage!r}"
-                ) from error
+            check_storage(self.storage)
 
     @property
     def out_dir(self) -> Path:

@@ -148,7 +148,7 @@ def write_results(
         )
         header = (
             f"# Best trial of study {study.study_name!r}: #{best.number}, mean reward "
-            f"{best.value:.6g} after {options.n_timesteps} training steps.\n"
+            f"{best.value:.6g} after {best.user_attrs.get('timesteps', '?')} training steps.\n"
             f"# python -m stpn_rl.train --task {options.task} --core {options.core} "
             "--config THIS_FILE\n"
         )
@@ -170,6 +170,13 @@ def summary(study: optuna.Study, written: dict[str, Path]) -> str:
         lines.append(
             f"default config: trial #{default[0].number}, {default[0].state.name}"
             + (f", value {default[0].value:.6g}" if default[0].value is not None else "")
+        )
+    steps = sorted({t.user_attrs["timesteps"] for t in trials if "timesteps" in t.user_attrs})
+    if steps:
+        span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]} to {steps[-1]}"
+        lines.append(
+            f"steps trained per trial: {span} (--n-timesteps rounded up to whole rollouts of "
+            "n_steps x n_envs, at least one per evaluation; pruned trials stop early)"
         )
     if counts["COMPLETE"]:
         best = study.best_trial
