@@ -35,7 +35,7 @@ def run_train(config: Path, out: Path, kill: str | None = None) -> subprocess.Co
         env[KILL_HOOK] = kill
     command = [sys.executable, "-m", "stpn_rl.train", "--task", "maze", "--core", "stpn",
                "--config", str(config), "--out", str(out), "--no-progress-bar"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 def outcome(out: Path) -> tuple[dict, pd.DataFrame, dict[str, torch.Tensor]]:

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
+import signal
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -145,9 +149,28 @@ def _cli(args: list[str]) -> None:
     raise SystemExit(main(args))  # the process exits with the CLI's status
 
 
-def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_study(request, tmp_path) -> Iterator[tuple[str, str]]:
+    """A storage URL shared by worker processes, and a study name new to it: a SQLite file, or
+    the PostgreSQL server ``.ci/run`` starts (``STPN_TEST_POSTGRES_URL``)."""
+    name = f"maze-stpn-{uuid.uuid4().hex[:8]}"  # a server's database outlives the test
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}", name
+        return
+    url = os.environ.get("STPN_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip(
+            "no PostgreSQL server: STPN_TEST_POSTGRES_URL is not set (.ci/run starts a server "
+            "and sets it)" + (f"; {reason}" if (reason := os.environ.get(
+                "STPN_TEST_POSTGRES_UNAVAILABLE")) else "")
+        )
+    yield url, name
+    optuna.delete_study(study_name=name, storage=url)
+
+
+def test_two_worker_processes_share_one_storage(tiny_config, tmp_path, shared_study):
     # Forked, so that the workers skip re-importing torch; each runs the CLI's main().
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage, name = shared_study
     workers = [
         multiprocessing.get_context("fork").Process(
             target=_cli,
@@ -155,6 +178,8 @@ def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
                 [
                     "--storage",
                     storage,
+                    "--study-name",
+                    name,
                     "--n-trials",
                     "2",
                     *tune_args(tiny_config, tmp_path / f"worker{i}"),
@@ -168,7 +193,7 @@ def test_two_worker_processes_share_one_storage(tiny_config, tmp_path):
     for worker in workers:
         worker.join(timeout=300)
     assert [worker.exitcode for worker in workers] == [0, 0]
-    trials = optuna.load_study(study_name="maze-stpn", storage=storage).trials
+    trials = optuna.load_study(study_name=name, storage=storage).trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.params["learning_rate"] for t in trials}) == 4
@@ -269,9 +294,10 @@ def _hang(args: list[str], sampled: Path) -> None:
     main(args, objective)
 
 
-def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path):
-    out = tmp_path / "sweep"
-    args = tune_args(tiny_config, out, "--n-trials", "1", "--heartbeat-interval", "1")
+def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path, shared_study):
+    storage, name = shared_study
+    args = tune_args(tiny_config, tmp_path / "sweep", "--n-trials", "1", "--heartbeat-interval",
+                     "1", "--storage", storage, "--study-name", name)
     sampled = tmp_path / "sampled"
     worker = multiprocessing.get_context("fork").Process(target=_hang, args=(args, sampled))
     worker.start()
@@ -279,7 +305,8 @@ def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path):
     while not sampled.exists():
         assert time.monotonic() < deadline and worker.is_alive()
         time.sleep(0.2)
-    worker.kill()
+    time.sleep(2)  # let the worker's heartbeat thread, racing the trial for the database, write
+    os.kill(worker.pid, signal.SIGKILL)
     worker.join()
     time.sleep(4)  # past the grace period of two heartbeats (timestamps are in whole seconds)
     base = load_config("maze", "stpn", tiny_config)
@@ -289,7 +316,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path):
         return 3.0
 
     assert main(args, objective) == 0
-    first, retry = load(out).trials
+    first, retry = optuna.load_study(study_name=name, storage=storage).trials
     assert first.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert retry.params == first.params
 
