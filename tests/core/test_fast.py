@@ -381,3 +381,22 @@ def test_zero_rows_give_finite_gradients(backend: str, options: dict) -> None:
     for got, want in zip(*grads, strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, atol=0, rtol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [1, T_LONG])
+def test_no_grad_calls_equal_reference(backend: str, steps: int) -> None:
+    """Without a graph to record (rollouts: one step at a time under no_grad) the backend runs
+    without the autograd Function; outputs and states are the same."""
+    fast, reference = pair(STPN, **OPTIONS["maze"])
+    x = torch.randn(BATCH, steps, 5, dtype=DOUBLE)
+    state = random_state(fast, BATCH)
+    state = STPNState(state.h.detach(), state.F.detach(), None)
+    with torch.no_grad():
+        out, final = fast(x, state)
+        out_again, final_again = fast(x, final)
+    want, want_final = reference(x, state)
+    want_again, want_final_again = reference(x, want_final)
+    assert out.grad_fn is None and final.F.grad_fn is None
+    for got, expected in [(out, want), (final.h, want_final.h), (final.F, want_final.F),
+                          (out_again, want_again), (final_again.F, want_final_again.F)]:
+        assert_close(got, expected.detach())

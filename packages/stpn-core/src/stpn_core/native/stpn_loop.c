@@ -432,17 +432,31 @@ static inline vec vactivation_grad(vec h, int act) {
  * backward's recomputation of the clamp mask, so both round alike. */
 static inline vec plastic(REAL lam, vec M, REAL gam, vec hu) { return lam * M + gam * hu; }
 
-static vec *vscratch(long n) { return (vec *)scratch(n * LANES); }
+/* A group's workspace (a few memories of LANES samples: hundreds of KiB to MiB) kept per thread
+ * between calls in one of two slots: allocated afresh, its pages would be faulted in on every
+ * call, which cost more than a whole single-step call computes. Never freed (the callers'
+ * threads live as long as the process). */
+static vec *kept(int slot, long n) {
+    static _Thread_local vec *buffers[2];
+    static _Thread_local long sizes[2];
+    if (n > sizes[slot]) {
+        free(buffers[slot]);
+        buffers[slot] = (vec *)scratch(n * LANES);
+        sizes[slot] = n;
+    }
+    return buffers[slot];
+}
 
-/* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. */
+/* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. The loops write
+ * (gather) or read (scatter) the lane-interleaved side in order and stream the LANES others. */
 static void gather(vec *restrict dst, const REAL *restrict src, long stride, long n) {
-    for (long l = 0; l < LANES; l++)
-        for (long k = 0; k < n; k++) dst[k][l] = src[l * stride + k];
+    for (long k = 0; k < n; k++)
+        for (long l = 0; l < LANES; l++) dst[k][l] = src[l * stride + k];
 }
 
 static void scatter(REAL *restrict dst, long stride, const vec *restrict src, long n) {
-    for (long l = 0; l < LANES; l++)
-        for (long k = 0; k < n; k++) dst[l * stride + k] = src[k][l];
+    for (long k = 0; k < n; k++)
+        for (long l = 0; l < LANES; l++) dst[l * stride + k] = src[k][l];
 }
 
 /* v_t of the group: x_t, then h_{t-1} (from h0 or out) for a recurrent layer. */
@@ -563,11 +577,10 @@ void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bia
                   REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
     const long groups = (b1 - b0) / LANES, rest = b0 + groups * LANES;
     if (groups) {
-        vec *work = vscratch(2 * c->H * c->D + 2 * c->D + 2 * c->H);
+        vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
         for (long g = 0; g < groups; g++)
             group_forward(c, b0 + g * LANES, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt,
                           F_final, work);
-        free(work);
     }
     if (rest < b1)
         sample_forward(c, rest, b1, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final);
@@ -747,8 +760,7 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
     const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K;
     if (groups) {
         const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
-        vec *work = vscratch((K + 2) * HD + RB * D + 4 * D + 8 * H);
-        vec *sums = vscratch(3 * HD + H);
+        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
         memset(sums, 0, sizeof(vec) * (3 * HD + H));
         const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
         for (long g = 0; g < groups; g++)
@@ -758,8 +770,6 @@ void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *la
         reduce_lanes(glam, acc.glam, HD);
         reduce_lanes(ghebb, acc.ghebb, HD);
         reduce_lanes(gb, acc.gb, H);
-        free(work);
-        free(sums);
     }
     if (rest < b1)
         sample_backward(c, rest, b1, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out,

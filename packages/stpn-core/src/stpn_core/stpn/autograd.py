@@ -109,8 +109,13 @@ def sequence(
     """
     T = x.shape[1]
     chunk = T if bptt_chunk is None else min(T, bptt_chunk)
-    out, F = _STPNSequence.apply(
-        LoopConfig.of(layer), chunk, x, state.h, state.F, layer.weight, layer.bias,
-        layer.weight_lambda, layer.weight_gamma,
-    )
+    tensors = (x, state.h, state.F, layer.weight, layer.bias, layer.weight_lambda,
+               layer.weight_gamma)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        # Nothing to differentiate (rollouts, evaluation, online use): the backend's forward
+        # alone, without the autograd Function and what it saves.
+        backend = backend_c if backend_c.usable(x, layer.weight) else backend_torch
+        record = backend.forward(*tensors, LoopConfig.of(layer))
+        return record.out, type(state)(record.out[:, -1], record.F_final, None)
+    out, F = _STPNSequence.apply(LoopConfig.of(layer), chunk, *tensors)
     return out, type(state)(out[:, -1], F, None)
