@@ -142,3 +142,33 @@ def test_a_bad_configuration_leaves_no_trace_in_the_run_folder(change, match, ti
     run = train.train("maze", "stpn", tiny("maze", "stpn", total_timesteps=32), out=tmp_path,
                       progress_bar=False)
     assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_moves_between_devices(tiny, tmp_path) -> None:
+    # Trained on the CPU, extended on the GPU (checkpoints map onto the configured device).
+    cpu = tiny("maze", "stpn", total_timesteps=64, ppo={"device": "cpu"})
+    run = train.train("maze", "stpn", cpu, out=tmp_path, progress_bar=False)
+    gpu = merge(cpu, {"total_timesteps": 128, "ppo": {"device": "cuda"}})
+    train.train("maze", "stpn", gpu, out=tmp_path, progress_bar=False)
+    assert json.loads((run / "metrics.json").read_text())["timesteps"] == 128
+    assert load_run(run)[0].device.type == "cuda"  # the run's configured device
+    # The GPU-written checkpoints load where no GPU is visible: the run resumes there, and
+    # evaluation and the analysis read them.
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "rl_model_128_steps.zip").unlink()
+    script = (
+        "import sys, torch; from stpn_rl import train; from stpn_rl.runs import load_run\n"
+        "from stpn_analysis import load_plasticity, load_runs\n"
+        "assert not torch.cuda.is_available()\n"
+        "run = train.train('maze', 'stpn', sys.argv[1], out=sys.argv[2], progress_bar=False)\n"
+        "assert load_run(run)[0].device.type == 'cpu'\n"
+        "assert load_plasticity(load_runs(sys.argv[2])[0])['lambda'].size > 0\n"
+    )
+    config = tmp_path / "cpu.yaml"
+    config.write_text(yaml.safe_dump(merge(gpu, {"ppo": {"device": "auto"}})))
+    env = os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    child = subprocess.run([sys.executable, "-c", script, str(config), str(tmp_path)], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr
+    assert json.loads((run / "metrics.json").read_text())["timesteps"] == 128
