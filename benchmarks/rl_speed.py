@@ -106,6 +106,12 @@ def main() -> None:
         f"ratio STPN / MlpLstmPolicy: {median[stpn_name] / median[reference_name]:.2f}"
         f" (target >= 0.8; per round {', '.join(f'{r:.2f}' for r in per_round)})"
     )
+    lstm_name = "our policy, lstm core (H47)"
+    per_round = np.array(rates[stpn_name]) / np.array(rates[lstm_name])
+    print(
+        f"ratio STPN / our lstm core: {median[stpn_name] / median[lstm_name]:.2f}"
+        f" (per round {', '.join(f'{r:.2f}' for r in per_round)})"
+    )
     print(
         "ratio our lstm core / MlpLstmPolicy: "
         f"{median['our policy, lstm core (H47)'] / median[reference_name]:.2f}"

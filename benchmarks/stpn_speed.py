@@ -1,18 +1,20 @@
-"""Training speed of the STPN (reference loop vs fast path) against a parameter-matched nn.LSTM.
+"""Speed of the STPN (reference loop vs fast path) against a parameter-matched nn.LSTM.
 
-One training step = forward over the sequence, a loss on every output, backward, Adam step. Each
-(size, model) pair runs in its own subprocess, so the peak resident memory it reports belongs to
-that model alone (``peak MiB`` is the child's peak RSS minus its RSS after importing torch).
-Timings are medians over the timed repetitions, after warm-up; ``first call`` is the wall time
-of the very first training step (what a user waits for before anything runs). The thread count
-is torch's default unless ``--threads`` is given; it is printed.
+Rows: a training step (forward over the sequence, a loss on every output, backward, Adam step)
+at the associative-retrieval size (``art``), the maze sizes (``maze_b64``, ``maze_b512``) and the
+familiarity size (``familiarity``: one long sequence); and a rollout step (``rollout_b64``: one
+time step of 64 maze agents under ``torch.no_grad``, the state carried from call to call, as in
+RL rollouts). Medians over the timed repetitions, after warm-up.
 
-The fast path and the LSTM are measured in ``--rounds`` alternating children each (fast, LSTM,
-LSTM, fast, ...) and the lowest median is kept, for both alike: on a machine shared with other
-jobs, one child's median can be inflated by a burst of foreign load, and the ratio of two
-children timed at different moments then says little.
+Each model runs alone in its own subprocess for the table, so the peak resident memory it
+reports belongs to it alone (``peak MiB``: the child's peak RSS minus its RSS after importing
+torch); ``first call`` is the wall time of the very first call (what a user waits for). Each
+fast/LSTM ratio comes from one further subprocess that holds both models and alternates them
+call by call, so that both see the same moments of a machine shared with other jobs. The thread
+count is torch's default unless ``--threads`` is given; it is printed.
 
     python benchmarks/stpn_speed.py                # the table and the ratio lines
+    python benchmarks/stpn_speed.py --json         # the same figures as one JSON document
     python benchmarks/stpn_speed.py --reps 5       # quicker, noisier
 """
 
@@ -27,12 +29,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
-SIZES = {  # name: (batch, steps, input, STPN hidden, LSTM hidden at about the same parameters)
-    "art": (128, 9, 37, 11, 9),
-    "maze_b64": (64, 200, 17, 55, 47),
-    "maze_b512": (512, 200, 17, 55, 47),
+# name: (batch, steps, input, STPN hidden, LSTM hidden at about the same parameters, kind)
+SIZES = {
+    "art": (128, 9, 37, 11, 9, "train"),
+    "maze_b64": (64, 200, 17, 55, 47, "train"),
+    "maze_b512": (512, 200, 17, 55, 47, "train"),
+    "rollout_b64": (64, 1, 17, 55, 47, "rollout"),
+    "familiarity": (1, 5000, 100, 27, 21, "train"),
 }
+NO_REFERENCE = {"familiarity"}
+"""Sizes whose reference loop is not timed: 5000 steps of autograd take minutes per step."""
 MODELS = ("reference", "fast", "lstm")
 
 
@@ -40,20 +49,29 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, float]:
-    """Time training steps of one model at one size (run inside the child process)."""
+def _make_call(size: str, model_name: str) -> tuple[Callable[[], None], int]:
+    """One call of ``model_name`` at ``size`` (a training step or a rollout step), and the
+    model's parameter count."""
     import torch
     from stpn_core import STPN
 
-    baseline = _rss_mib()
-    batch, steps, inputs, hidden, lstm_hidden = SIZES[size]
+    batch, steps, inputs, hidden, lstm_hidden, kind = SIZES[size]
     torch.manual_seed(0)
     if model_name == "lstm":
         model: torch.nn.Module = torch.nn.LSTM(inputs, lstm_hidden, batch_first=True)
     else:
         model = STPN(inputs, hidden, implementation=model_name)
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    params = sum(p.numel() for p in model.parameters())
     x = torch.randn(batch, steps, inputs)
+    if kind == "rollout":
+        state: list[Any] = [None]
+
+        def rollout_step() -> None:
+            with torch.no_grad():
+                _, state[0] = model(x, state[0])
+
+        return rollout_step, params
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     target = torch.randn(batch, steps, lstm_hidden if model_name == "lstm" else hidden)
 
     def train_step() -> None:
@@ -62,92 +80,150 @@ def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, flo
         torch.nn.functional.mse_loss(output, target).backward()
         optimiser.step()
 
+    return train_step, params
+
+
+def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, float]:
+    """Time calls of one model at one size (run inside its own child process)."""
+    import torch
+
+    baseline = _rss_mib()
+    call, params = _make_call(size, model_name)
     start = time.perf_counter()
-    train_step()
+    call()
     first = time.perf_counter() - start
     for _ in range(warmup):
-        train_step()
+        call()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        train_step()
+        call()
         times.append(time.perf_counter() - start)
     return {
         "ms": 1000 * statistics.median(times),
         "first_s": first,
         "peak_mib": _rss_mib() - baseline,
         "reps": reps,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
         "threads": torch.get_num_threads(),
     }
 
 
-def run_child(size: str, model: str, reps: int, warmup: int, threads: int | None) -> dict:
-    command = [sys.executable, __file__, "--child", size, model, "--reps", str(reps)]
-    command += ["--warmup", str(warmup)] + (["--threads", str(threads)] if threads else [])
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+def measure_pair(size: str, reps: int, warmup: int) -> dict[str, float]:
+    """Fast path and LSTM in one process, alternating call by call: their medians and ratio."""
+    calls = {name: _make_call(size, name)[0] for name in ("fast", "lstm")}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for rep in range(1 + warmup + reps):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if rep > warmup:
+                times[name].append(time.perf_counter() - start)
+    fast, lstm = (1000 * statistics.median(times[name]) for name in ("fast", "lstm"))
+    return {"fast_ms": fast, "lstm_ms": lstm, "ratio": fast / lstm}
+
+
+def _child(args: list[str], reps: int, warmup: int, threads: int | None, **env: str) -> dict:
+    command = [sys.executable, __file__, *args, "--reps", str(reps), "--warmup", str(warmup)]
+    command += ["--threads", str(threads)] if threads else []
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, env={**os.environ, **env}
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def cold_start() -> float:
     """Wall time of a first training step in a fresh process with an empty build cache."""
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "STPN_CACHE_DIR": cache}
-        command = [sys.executable, __file__, "--child", "art", "fast", "--reps", "1"]
-        command += ["--warmup", "0"]
-        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
-    return json.loads(result.stdout.strip().splitlines()[-1])["first_s"]
+        result = _child(["--child", "art", "fast"], 1, 0, None, STPN_CACHE_DIR=cache)
+    return result["first_s"]
+
+
+def _reps_for(size: str, reps: int) -> int:
+    """The familiarity step takes seconds: a quarter of the repetitions (at least 3)."""
+    return max(3, reps // 4) if size == "familiarity" else reps
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows: dict[str, dict[str, dict]] = {}
+    ratios: dict[str, list[dict]] = {}
+    for size in args.sizes:
+        reps = _reps_for(size, args.reps)
+        models = [m for m in MODELS if not (m == "reference" and size in NO_REFERENCE)]
+        rows[size] = {
+            m: _child(["--child", size, m], reps, args.warmup, args.threads) for m in models
+        }
+        ratios[size] = [
+            _child(["--pair", size], reps, args.warmup, args.threads) for _ in range(args.rounds)
+        ]
+        if not args.json:
+            _print_size(size, rows[size], ratios[size])
+    peak = {s: rows[s]["fast"]["peak_mib"] / rows[s]["lstm"]["peak_mib"] for s in rows}
+    return {
+        "threads": next(iter(next(iter(rows.values())).values()))["threads"],
+        "rows": rows,
+        "ratio_fast_lstm": ratios,
+        "peak_ratio_fast_lstm": peak,
+        "cold_start_s": cold_start(),
+    }
+
+
+def _print_size(size: str, rows: dict[str, dict], ratios: list[dict]) -> None:
+    for model, r in rows.items():
+        print(
+            f"{size:<12} {model:<10} {r['params']:>7} {r['ms']:>9.2f} {r['first_s']:>12.2f}"
+            f" {r['peak_mib']:>9.0f} {r['reps']:>5}",
+            flush=True,
+        )
+    for r in ratios:
+        print(
+            f"ratio fast/lstm {size}={r['ratio']:.2f} (one run, alternating: fast"
+            f" {r['fast_ms']:.2f} ms, lstm {r['lstm_ms']:.2f} ms)",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20, help="timed repetitions (median)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after the first")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--rounds", type=int, default=3, help="children of fast and LSTM (min)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs per ratio")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--pair", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child or args.pair:
         import torch
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(json.dumps(measure(*args.child, args.reps, args.warmup)))
+        if args.child:
+            print(json.dumps(measure(*args.child, args.reps, args.warmup)))
+        else:
+            print(json.dumps(measure_pair(args.pair, args.reps, args.warmup)))
         return
 
-    results: dict[tuple[str, str], dict] = {}
-    header = f"{'size':<10} {'model':<10} {'params':>7} {'ms/step':>9} {'first call s':>12}"
-    print(header + f" {'peak MiB':>9} {'reps':>5} {'rounds':>6}")
-    for size in args.sizes:
-        # The reference once (it is 5-20x slower, far from any target), then fast and LSTM
-        # alternating, so that each gets early and late moments alike.
-        pairs = (("fast", "lstm"), ("lstm", "fast"))
-        for model in ["reference"] + [m for k in range(args.rounds) for m in pairs[k % 2]]:
-            r = run_child(size, model, args.reps, args.warmup, args.threads)
-            best = results.setdefault((size, model), {**r, "rounds": 0})
-            best["rounds"] += 1
-            best["peak_mib"] = max(best["peak_mib"], r["peak_mib"])
-            best["first_s"] = max(best["first_s"], r["first_s"])
-            best["ms"] = min(best["ms"], r["ms"])
-        for model in MODELS:
-            r = results[size, model]
-            print(
-                f"{size:<10} {model:<10} {r['params']:>7} {r['ms']:>9.1f} {r['first_s']:>12.2f}"
-                f" {r['peak_mib']:>9.0f} {r['reps']:>5} {r['rounds']:>6}",
-                flush=True,
-            )
-    threads = next(iter(results.values()))["threads"]
-    print(f"threads {threads}")
-    print(f"fast first call, empty build cache (C build + one ART step) s={cold_start():.2f}")
+    if not args.json:
+        header = f"{'size':<12} {'model':<10} {'params':>7} {'ms/call':>9} {'first call s':>12}"
+        print(header + f" {'peak MiB':>9} {'reps':>5}")
+    results = run(args)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return
+    print(f"threads {results['threads']}")
+    cold = results["cold_start_s"]
+    print(f"fast first call, empty build cache (C build + one ART step) s={cold:.2f}")
     print(
-        "no recompilation: one C build per dtype (and 256- or 512-bit rows), reused for every"
+        "no recompilation: one C build per dtype (and 256- or 512-bit vectors), reused for every"
         " batch size and length"
     )
-    for size in args.sizes:
-        fast, lstm, ref = (results[size, m]["ms"] for m in ("fast", "lstm", "reference"))
-        print(f"ratio fast/lstm {size}={fast / lstm:.2f}")
-        print(f"ratio fast/reference {size}={fast / ref:.2f}")
+    for size, ratio in results["peak_ratio_fast_lstm"].items():
+        print(f"peak memory fast/lstm {size}={ratio:.2f}")
+    for size, rows in results["rows"].items():
+        if "reference" in rows:
+            print(f"ratio fast/reference {size}={rows['fast']['ms'] / rows['reference']['ms']:.2f}")
 
 
 if __name__ == "__main__":
