@@ -123,3 +123,18 @@ def test_command_errors_are_one_line_exit_2(arguments: list[str], message: str, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 2 and len(lines) == 1
     assert lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_parallel_processes_give_the_sequential_results(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setitem(PROFILES, "tiny2m", Profile(("rnn", "stpn"), (0,), max_epochs=2, **TINY))
+    results = {}
+    for jobs in (2, 1):
+        out = tmp_path / f"jobs{jobs}"
+        reproduce("tiny2m", out=out, data_dir=tmp_path / "data", jobs=jobs)
+        results[jobs] = {model: json.loads((out / model / "seed0" / "metrics.json").read_text())
+                         for model in ("rnn", "stpn")}
+        if jobs == 2:
+            assert "2 runs in 2 processes" in capsys.readouterr().out
+    keys = ("test_acc", "final_test_acc", "best_val_acc", "epochs", "energy_per_step")
+    for model in ("rnn", "stpn"):
+        assert {k: results[2][model][k] for k in keys} == {k: results[1][model][k] for k in keys}

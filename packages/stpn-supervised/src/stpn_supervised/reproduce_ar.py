@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import metadata
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from stpn_core.cli import ArgumentParser, run_command
 from stpn_supervised.cli import CONFIG_MODELS, config_path
 from stpn_supervised.data import AssociativeRetrievalDataModule
 from stpn_supervised.module import SequenceClassifier
-from stpn_supervised.runner import RunFolder
+from stpn_supervised.runner import EpochLine, RunFolder
 
 MAIN_MODELS = CONFIG_MODELS[:5]
 
@@ -84,15 +87,33 @@ def run_config(model: str, seed: int, profile: Profile) -> dict[str, Any]:
     return config
 
 
-def train_one(model: str, seed: int, run: RunFolder, config: dict[str, Any],
-              profile_name: str) -> dict[str, Any]:
-    """Train (or resume), test, and write ``metrics.json`` into ``run``; returns the metrics."""
+@dataclass(frozen=True)
+class Job:
+    """One (model, seed) run, as handed to a worker process."""
+
+    label: str
+    model: str
+    seed: int
+    path: Path
+    config: dict[str, Any]
+    profile_name: str
+    epoch_lines: bool
+    """One line per epoch instead of Lightning's progress bar (for parallel runs)."""
+
+
+def train_one(job: Job) -> dict[str, Any]:
+    """Train (or resume), test, and write ``metrics.json`` into ``job.path``, whose lock the
+    caller holds; returns the metrics."""
+    model, seed, config = job.model, job.seed, job.config
+    run = RunFolder(job.path, lock=False)
     run.write_config(config)
     L.seed_everything(seed, workers=True, verbose=False)
     data = AssociativeRetrievalDataModule(**config["data"])
     module = SequenceClassifier(**config["model"])
+    display: dict[str, Any] = ({"enable_progress_bar": False, "callbacks": [EpochLine(job.label)]}
+                               if job.epoch_lines else {})
     trainer = run.fit(module, data, max_epochs=config["trainer"]["max_epochs"],
-                      log_every_n_steps=50)
+                      log_every_n_steps=50, **display)
     best_path = run.best.best_model_path or None
     epochs, wall_time = trainer.current_epoch, run.timer.time_elapsed("train")
     final = trainer.test(module, data, verbose=False)[0]
@@ -109,11 +130,36 @@ def train_one(model: str, seed: int, run: RunFolder, config: dict[str, Any],
         "best_test_acc": best["test/acc"], "final_test_acc": final["test/acc"],
         "final_test_energy": final["test/energy"], "epochs": epochs,
         "best_checkpoint": Path(best_path or "").name,
-        "hidden_size": config["model"]["hidden_size"], "profile": profile_name,
+        "hidden_size": config["model"]["hidden_size"], "profile": job.profile_name,
         "train_size": config["data"]["train_size"],
     }
     run.finish(metrics)
     return metrics
+
+
+def _announce(job: Job, metrics: dict[str, Any]) -> None:
+    print(f"{job.label}: test accuracy {metrics['test_acc']:.4f}, energy/step "
+          f"{metrics['energy_per_step']:.4g}, {metrics['wall_time_s']:.0f} s", flush=True)
+
+
+def _train_all(pending: Sequence[Job], workers: int, threads: int) -> None:
+    """Train the pending runs in this process, or in ``workers`` spawned processes."""
+    if workers <= 1:
+        for job in pending:
+            print(f"{job.label} -> {job.path}", flush=True)
+            _announce(job, train_one(job))
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(train_one, job): job for job in pending}
+        print(f"{len(pending)} runs in {workers} processes: "
+              f"{', '.join(job.label for job in pending)}", flush=True)
+        try:
+            for future in as_completed(futures):
+                _announce(futures[future], future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def reproduce(
@@ -124,11 +170,13 @@ def reproduce(
     data_dir: str | os.PathLike[str] = "data/ar",
     threads: int = 1,
     max_epochs: int | None = None,
+    jobs: int = 1,
 ) -> dict[str, Path]:
     """Run every (model, seed) not yet finished, then write the report; returns its paths.
 
     ``max_epochs`` overrides the profile's epochs (e.g. part of the paper profile now, the rest
-    later: the runs continue from their last checkpoints)."""
+    later: the runs continue from their last checkpoints). ``jobs`` runs train in that many
+    processes at once (each with ``threads`` torch threads), in the order of the profile."""
     if profile_name not in PROFILES:
         raise ValueError(f"profile: expected one of {', '.join(PROFILES)}; got {profile_name!r}")
     profile = PROFILES[profile_name]
@@ -146,23 +194,26 @@ def reproduce(
         raise ValueError(f"seeds: expected non-negative ints; got {seeds!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected a positive int; got {threads!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive int; got {jobs!r}")
     torch.set_num_threads(threads)
     root = Path(out)
-    jobs = [(model, seed) for model in models for seed in seeds]
+    runs = [(model, seed) for model in models for seed in seeds]
     started = time.monotonic()
-    for index, (model, seed) in enumerate(jobs, start=1):
-        run_dir = root / model / f"seed{seed}"
-        with RunFolder(run_dir) as run:
+    with ExitStack() as held:  # every run's lock, taken before any work: a clash stops at once
+        pending = []
+        for index, (model, seed) in enumerate(runs, start=1):
+            label = f"[{index}/{len(runs)}] {model} seed {seed}"
+            run = held.enter_context(RunFolder(root / model / f"seed{seed}"))
             if run.is_finished(METRIC_KEYS, profile.max_epochs):
-                print(f"[{index}/{len(jobs)}] {model} seed {seed}: finished, skipped ({run_dir})")
+                print(f"{label}: finished, skipped ({run.path})")
                 continue
-            print(f"[{index}/{len(jobs)}] {model} seed {seed} -> {run_dir}", flush=True)
             config = run_config(model, seed, profile)
             config["data"]["data_dir"] = str(data_dir)
-            metrics = train_one(model, seed, run, config, profile_name)
-        print(f"[{index}/{len(jobs)}] {model} seed {seed}: test accuracy "
-              f"{metrics['test_acc']:.4f}, energy/step {metrics['energy_per_step']:.4g}, "
-              f"{metrics['wall_time_s']:.0f} s", flush=True)
+            pending.append(Job(label, model, seed, run.path, config, profile_name, jobs > 1))
+        for job in {job.seed: job for job in pending}.values():  # data cached once per seed
+            AssociativeRetrievalDataModule(**job.config["data"]).prepare_data()
+        _train_all(pending, min(jobs, len(pending)), threads)
     paths = write_report(root, root)
     print(format_table(summarise(load_runs(root))))
     print(f"total {time.monotonic() - started:.0f} s; table: {paths['summary_md']}; "
@@ -185,9 +236,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="torch threads (default 1: steadiest for these small models)")
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="override the profile's epochs (runs resume from last.ckpt)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs trained at once, one process each (default: 2, or 1 on a "
+                             "one-core machine)")
     args = parser.parse_args(argv)
     reproduce(args.profile, args.models, args.seeds, args.out, args.data_dir, args.threads,
-              args.max_epochs)
+              args.max_epochs, args.jobs)
 
 
 if __name__ == "__main__":

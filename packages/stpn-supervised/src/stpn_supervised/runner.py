@@ -41,7 +41,7 @@ from lightning.pytorch.loggers import CSVLogger
 from stpn_core.cli import CommandError
 from stpn_core.files import RunLock, RunLockedError, atomic_path, write_text_atomic
 
-__all__ = ["AtomicCheckpointIO", "RandomStates", "RunFolder", "checkpoint_callbacks",
+__all__ = ["AtomicCheckpointIO", "EpochLine", "RandomStates", "RunFolder", "checkpoint_callbacks",
            "find_resume_checkpoint"]
 
 LAST = "last.ckpt"
@@ -97,6 +97,22 @@ def checkpoint_callbacks(dirpath: Path, monitor: str = "val/acc",
     return best, latest
 
 
+class EpochLine(Callback):
+    """One line per epoch on stdout (``<name> epoch 3/20: val/acc 0.5123``): readable when
+    several runs train at once in parallel processes, where progress bars would interleave."""
+
+    def __init__(self, name: str, monitor: str = "val/acc") -> None:
+        self.name, self.monitor = name, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        shown = f"{self.monitor} {float(value):.4f}" if value is not None else "validated"
+        print(f"{self.name} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown}",
+              flush=True)
+
+
 def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint to resume from in ``folder`` and its content (loaded on the CPU, so that a
     run trained on a GPU resumes anywhere), or ``None`` when there is none.
@@ -140,11 +156,13 @@ class RunFolder:
 
     Use as a context manager: entering takes the folder's :class:`~stpn_core.files.RunLock`
     (a second writer gets a :class:`~stpn_core.cli.CommandError` naming the folder and the pid
-    holding it), leaving releases it.
+    holding it), leaving releases it. ``lock=False`` is for a worker process whose parent holds
+    the lock for it (a parent that locks every run before dispatching them to workers).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], lock: bool = True) -> None:
         self.path = Path(path)
+        self.locks = lock
         self.checkpoints = self.path / "checkpoints"
         self.log_path = self.path / "logs" / "metrics.csv"
         self._previous_log = self.log_path.with_name("previous_metrics.csv")
@@ -153,6 +171,8 @@ class RunFolder:
         self.timer = Timer()
 
     def __enter__(self) -> RunFolder:
+        if not self.locks:
+            return self
         try:
             self._lock.acquire()
         except RunLockedError as error:
@@ -224,6 +244,6 @@ class RunFolder:
             self._previous_log.unlink(missing_ok=True)
 
     def _require_lock(self) -> None:
-        if not self._lock.held:
+        if self.locks and not self._lock.held:
             raise RuntimeError(f"RunFolder({self.path}): use it in a `with` block (it writes "
                                "only while it holds the folder's lock)")
