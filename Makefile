@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 PACKAGES := packages/stpn-core packages/stpn-analysis packages/stpn-supervised packages/stpn-rl
 
-.PHONY: venv test reproduce-ar bench lint clean
+.PHONY: venv test reproduce-ar reproduce-familiarity bench lint clean
 
 $(STAMP): Makefile constraints.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 reproduce-ar: $(STAMP)
 	$(PY) -m stpn_supervised.reproduce_ar --profile $(PROFILE)
+
+reproduce-familiarity: $(STAMP)
+	$(PY) -m stpn_supervised.reproduce_familiarity --profile $(PROFILE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/stpn_speed.py

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from stpn_analysis.plots import _band, model_colour
 from stpn_analysis.runs import Run
@@ -93,6 +94,7 @@ def _axes(title: str, ylabel: str) -> tuple[Figure, object]:
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = figure.add_subplot()
     ax.set(title=title, xlabel="R_test (steps between a pattern and its repeat)", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return figure, ax
 

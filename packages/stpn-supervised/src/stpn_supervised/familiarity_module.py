@@ -41,7 +41,7 @@ def normal_init(module: nn.Module) -> None:
 def rates(stats: Tensor) -> dict[str, Tensor]:
     """Accuracy, true- and false-positive rates from ``BinaryStatScores`` ``[tp, fp, tn, fn, n]``
     (a rate with no sample to count is NaN, not 0, so it cannot pass for a measurement)."""
-    tp, fp, tn, fn, support = stats.double().unbind()
+    tp, fp, tn, fn, support = stats.float().unbind()  # float32: exact to 16M steps
     total = tp + fp + tn + fn
     return {"acc": (tp + tn) / total, "tpr": tp / support, "fpr": fp / (fp + tn)}
 
