@@ -113,6 +113,11 @@ def test_masked_reset_equals_plain_construction(name: str, options: dict) -> Non
     again = model.reset_state(state, mask.double())
     for got, want in zip(again, reset, strict=True):
         assert (got is None and want is None) or torch.equal(got, want)
+    # in place: the same tensors, changed
+    owned = type(state)(*(None if t is None else t.clone() for t in state))
+    in_place = model.reset_state(owned, mask, inplace=True)
+    for got, mine, want in zip(in_place, owned, reset, strict=True):
+        assert (got is None and want is None) or (got is mine and torch.equal(got, want))
 
 
 @pytest.mark.parametrize(("name", "options"), CASES)

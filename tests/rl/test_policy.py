@@ -138,3 +138,39 @@ def test_bad_core_name_and_options_are_reported(tiny) -> None:
     env = make_vec_env("maze", 1, seed=0)
     with pytest.raises(TypeError, match="lstm_hidden_size"):
         RecurrentPPO(CorePolicy, env, policy_kwargs={"lstm_hidden_size": 8})
+
+
+@pytest.mark.parametrize("name", ["stpn", "lstm", "stpnf"])
+def test_a_call_leaves_the_callers_slots_alone(name: str) -> None:
+    """The reset changes the unpacked state in place: it must be a copy, never the slots."""
+    adapter = RecurrentCore(stpn_core.build_model(name, 5, 3))
+    _, state = adapter.core(torch.randn(4, 6, 5))
+    slots = adapter.pack(state)
+    kept = [s.clone() for s in slots]
+    out, _ = adapter(torch.randn(4, 5), slots, torch.ones(4))
+    for slot, copy in zip(slots, kept, strict=True):
+        assert torch.equal(slot, copy)
+    for field in adapter.unpack(slots):
+        assert field is None or all(field.data_ptr() != s.data_ptr() for s in slots)
+
+
+@pytest.mark.parametrize("name", ["stpn", "modplast"])
+def test_energy_comes_from_the_steps_the_policy_ran(name: str) -> None:
+    """With measure_energy, the adapter's call leaves each step's energy, equal to the core's
+    energy on the same inputs from the same (reset) states."""
+    adapter = RecurrentCore(stpn_core.build_model(name, 5, 4))
+    n_seq, steps = 3, 6
+    x = torch.randn(n_seq, steps, 5)
+    _, state = adapter.core(torch.randn(n_seq, 4, 5))
+    starts = torch.zeros(n_seq, steps)
+    starts[1, 0] = starts[0, 2] = starts[2, 4] = 1.0
+    adapter.measure_energy = True
+    with torch.no_grad():
+        adapter(x.reshape(-1, 5), adapter.pack(state), starts.reshape(-1))
+    want = []
+    for t in range(steps):
+        state = adapter.core.reset_state(state, starts[:, t])
+        want.append(adapter.core.energy(x[:, t : t + 1], state))
+        _, state = adapter.core(x[:, t : t + 1], state)
+    torch.testing.assert_close(adapter.energy, torch.cat(want, dim=1).reshape(-1))
+    assert adapter.energy.min() > 0

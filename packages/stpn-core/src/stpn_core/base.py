@@ -127,14 +127,18 @@ class RecurrentModel(nn.Module):
             if not all_finite(got):
                 raise ValueError(f"state.{name}: contains NaN or infinite values")
 
-    def reset_state(self, state: NamedTuple, mask: Tensor) -> NamedTuple:
-        """``state`` with the samples where ``mask`` ``(B,)`` is true set back to the initial
-        (zero) state; a new state, so the old one stays valid for autograd."""
+    def reset_state(self, state: NamedTuple, mask: Tensor, *, inplace: bool = False) -> NamedTuple:
+        """``state`` with the samples where ``mask`` ``(B,)`` is nonzero set back to the initial
+        (zero) state. A new state, so the old one stays valid for autograd, unless ``inplace``
+        (for a state the caller has just built and owns: no copy)."""
         mask = mask.bool()
-        return self.state_type(*(
-            None if t is None else t.masked_fill(mask.view(-1, *[1] * (t.dim() - 1)), 0)
-            for t in state
-        ))
+        fields = []
+        for t in state:
+            if t is not None:
+                where = mask.view(-1, *[1] * (t.dim() - 1))
+                t = t.masked_fill_(where, 0) if inplace else t.masked_fill(where, 0)
+            fields.append(t)
+        return self.state_type(*fields)
 
     def _parameter_like(self) -> Tensor:
         return next(self.parameters())

@@ -2,11 +2,10 @@
 ``stpn_core`` model.
 
 RecurrentPPO sizes its state arrays from ``policy.lstm_actor.num_layers`` and ``.hidden_size``
-and stores them as an LSTM pair ``(h, c)``. Rather than subclassing the algorithm and its buffer,
-:class:`RecurrentCore` presents every core's state LSTM-shaped: the core's flattened state
-(``flatten_state``, e.g. STPN's ``h`` and ``F``) is split in two halves that travel in the
-``h`` and ``c`` slots. Nothing is stored twice, the stock buffer and ``RecurrentPPO.load`` work
-unchanged, and an ``lstm`` core's halves are exactly its own ``(h, c)``.
+and stores them as an LSTM pair ``(h, c)``. :class:`RecurrentCore` presents every core's state
+LSTM-shaped: the core's flattened state (``flatten_state`` order, e.g. STPN's ``h`` and ``F``)
+is split in two halves that travel in the ``h`` and ``c`` slots, so ``RecurrentPPO.load`` and
+``predict`` work unchanged, and an ``lstm`` core's halves are exactly its own ``(h, c)``.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
+from stpn_core import RecurrentModel
 from torch import Tensor, nn
 
 CRITIC_CHOICES = ("shared", "detached", "separate")
@@ -31,33 +31,66 @@ class RecurrentCore(nn.Module):
 
     ``hidden_size`` here is the width of each LSTM-shaped state slot (half the core's flattened
     state, rounded up), which is what RecurrentPPO allocates; the core's own number of units is
-    ``core.hidden_size``.
+    ``core.hidden_size``. Each call copies the state once on the way in (into fresh contiguous
+    fields, which the reset then changes in place) and once on the way out (into the slots).
+
+    With ``measure_energy`` set, every call also leaves the energy of each step it ran (summed
+    over units, from the state at the start of the step; ``(n_seq * T,)``) in :attr:`energy`,
+    so an evaluation reads the energy of exactly the steps the policy took.
     """
 
     num_layers = 1
 
-    def __init__(self, core: nn.Module) -> None:
+    def __init__(self, core: RecurrentModel) -> None:
         super().__init__()
         self.core = core
         self.input_size = core.input_size
         self.state_size = core.state_size()
         self.hidden_size = math.ceil(self.state_size / 2)
+        self.measure_energy = False
+        self.energy: Tensor | None = None
+        # Where each field lies in the flat state: its shape and runs in the two slots.
+        self._fields: list[tuple[tuple[int, ...], list[tuple[int, ...]]] | None] = []
+        offset = 0
+        for shape in core.state_shapes().values():
+            size = 0 if shape is None else math.prod(shape)
+            self._fields.append(None if shape is None else (shape, self._runs(offset, size)))
+            offset += size
+
+    def _runs(self, start: int, size: int) -> list[tuple[int, ...]]:
+        """Values ``[start, start + size)`` of the flat state as ``(slot, begin, end,
+        field_begin, field_end)`` runs: a field may straddle the two slots."""
+        width, stop, runs = self.hidden_size, start + size, []
+        if start < width:
+            runs.append((0, start, min(stop, width), 0, min(stop, width) - start))
+        if stop > width:
+            first = max(start, width)
+            runs.append((1, first - width, stop - width, first - start, size))
+        return runs
 
     def pack(self, state: NamedTuple) -> tuple[Tensor, Tensor]:
-        """Core state -> LSTM-shaped ``(h, c)``, each ``(1, B, hidden_size)``."""
-        flat = self.core.flatten_state(state)
-        flat = nn.functional.pad(flat, (0, 2 * self.hidden_size - self.state_size))
-        return flat[:, : self.hidden_size].unsqueeze(0), flat[:, self.hidden_size :].unsqueeze(0)
+        """Core state -> LSTM-shaped ``(h, c)``, each ``(1, B, hidden_size)``: one copy."""
+        batch = state[0].shape[0]
+        slots = state[0].new_empty(2, 1, batch, self.hidden_size)
+        slots[1, 0, :, self.state_size - self.hidden_size :] = 0  # padding of an odd size
+        for value, field in zip(state, self._fields, strict=True):
+            if field is not None:
+                flat = value.reshape(batch, -1)
+                for slot, begin, end, f_begin, f_end in field[1]:
+                    slots[slot, 0, :, begin:end] = flat[:, f_begin:f_end]
+        return slots[0], slots[1]
 
     def unpack(self, slots: tuple[Tensor, Tensor]) -> NamedTuple:
-        """Inverse of :meth:`pack`."""
-        flat = torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.state_size]
-        return self.core.unflatten_state(flat.contiguous())
-
-    def reset_where(self, state: NamedTuple, starts: Tensor) -> NamedTuple:
-        """Replace the state of samples whose episode starts (``starts`` (B,) > 0) by the initial
-        state."""
-        return self.core.reset_state(state, starts > 0)
+        """Inverse of :meth:`pack`: fresh contiguous fields (one copy), owned by the caller."""
+        batch = slots[0].shape[1]
+        fields = [
+            None if field is None
+            # torch.cat always copies, even a single run
+            else torch.cat([slots[run[0]][0, :, run[1] : run[2]] for run in field[1]], dim=1)
+            .view(batch, *field[0])
+            for field in self._fields
+        ]
+        return self.core.state_type(*fields)
 
     def forward(
         self, features: Tensor, slots: tuple[Tensor, Tensor], episode_starts: Tensor
@@ -73,15 +106,20 @@ class RecurrentCore(nn.Module):
         x = features.reshape(n_seq, -1, self.input_size)
         starts = episode_starts.reshape(n_seq, -1)
         steps = x.shape[1]
-        cuts = torch.nonzero(starts.any(dim=0)).flatten().tolist()
+        cuts = set(torch.nonzero(starts.any(dim=0)).flatten().tolist())
         bounds = sorted({0, steps, *cuts})
         state = self.unpack(slots)
-        outputs = []
+        outputs, energies = [], []
         for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
-            state = self.reset_where(state, starts[:, begin])
+            if begin in cuts:  # the unpacked state is ours to change; a core's output is not
+                state = self.core.reset_state(state, starts[:, begin], inplace=begin == 0)
+            if self.measure_energy:
+                energies.append(self.core.energy(x[:, begin:end], state))
             output, state = self.core(x[:, begin:end], state)
             outputs.append(output)
-        output = torch.cat(outputs, dim=1)
+        if self.measure_energy:
+            self.energy = torch.cat(energies, dim=1).reshape(n_seq * steps)
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         return output.reshape(n_seq * steps, -1), self.pack(state)
 
 
