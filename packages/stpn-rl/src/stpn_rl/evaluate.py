@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sb3_contrib import RecurrentPPO
-from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
 from stpn_core.cli import ArgumentParser, run_command
 
@@ -81,42 +79,25 @@ def run_episodes(env: VecEnv, step: StepFn, n_episodes: int) -> dict[str, Any]:
 
 
 def _agent_step(model: RecurrentPPO, deterministic: bool) -> StepFn:
-    policy = model.policy
+    """The agent's step through ``model.predict``; for our policy, the energy its actor core
+    spent on that very step, which the core measures while it runs it."""
+    core = model.policy.lstm_actor if isinstance(model.policy, CorePolicy) else None
     state: tuple[np.ndarray, np.ndarray] | None = None
 
     def step(obs: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         nonlocal state
-        energy = (
-            _core_energy(policy, obs, state, starts) if isinstance(policy, CorePolicy) else None
-        )
-        actions, state = model.predict(
-            obs, state=state, episode_start=starts, deterministic=deterministic
-        )
-        return actions, energy
+        if core is not None:
+            core.measure_energy = True
+        try:
+            actions, state = model.predict(
+                obs, state=state, episode_start=starts, deterministic=deterministic
+            )
+        finally:
+            if core is not None:
+                core.measure_energy = False
+        return actions, None if core is None else core.energy.cpu().numpy()
 
     return step
-
-
-def _core_energy(
-    policy: CorePolicy,
-    obs: np.ndarray,
-    state: tuple[np.ndarray, np.ndarray] | None,
-    starts: np.ndarray,
-) -> np.ndarray:
-    """Energy of the actor core's step, from the state at the start of the step (spec §4.1)."""
-    core = policy.lstm_actor
-    with torch.no_grad():
-        obs_tensor, _ = policy.obs_to_tensor(obs)
-        features = policy.pi_features_extractor(
-            preprocess_obs(obs_tensor, policy.observation_space, policy.normalize_images)
-        )
-        if state is None:
-            core_state = core.core.initial_state(len(obs), device=policy.device)
-        else:
-            core_state = core.unpack(tuple(torch.as_tensor(s, device=policy.device) for s in state))
-        starts_tensor = torch.as_tensor(starts, dtype=torch.float32, device=policy.device)
-        core_state = core.reset_where(core_state, starts_tensor)
-        return core.core.energy(features.unsqueeze(1), core_state)[:, 0].cpu().numpy()
 
 
 def evaluate_agent(
