@@ -20,7 +20,9 @@ def test_state_is_presented_lstm_shaped_in_two_halves(tiny) -> None:
     assert core.state_size() == 8 + 8 * 25
     h, c = model._last_lstm_states.pi
     assert h.shape == c.shape == (1, 2, width)
-    assert model.rollout_buffer.hidden_states_pi.shape == (16, 1, 2, width)
+    # one (h, c) row per step and environment; nothing for the detached critic
+    assert model.rollout_buffer.states_pi.shape == (16, 2, 2, width)
+    assert model.rollout_buffer.states_vf is None
 
 
 @pytest.mark.parametrize("name", ["stpn", "lstm", "rnn"])

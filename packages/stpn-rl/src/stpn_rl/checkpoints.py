@@ -34,6 +34,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 from stpn_core.files import atomic_path
 
+from stpn_rl.ppo import CoreRecurrentPPO
+
 CHECKPOINT_PREFIX = "rl_model"
 TRAINING_STATE = "training_state.pkl"
 KILL_HOOK = "STPN_RL_KILL_AT_CHECKPOINT"
@@ -46,10 +48,10 @@ class CheckpointWarning(UserWarning):
     """A checkpoint could not be used as it is (damaged, or without its training state)."""
 
 
-class ResumablePPO(RecurrentPPO):
-    """``RecurrentPPO`` whose ``time/iterations`` counts rollouts since the run began rather
-    than since this ``learn`` call, so that a resumed run logs the rows an uninterrupted one
-    would."""
+class ResumablePPO(CoreRecurrentPPO):
+    """``RecurrentPPO`` (with :class:`~stpn_rl.ppo.CoreRolloutBuffer`) whose ``time/iterations``
+    counts rollouts since the run began rather than since this ``learn`` call, so that a resumed
+    run logs the rows an uninterrupted one would."""
 
     def dump_logs(self, iteration: int = 0) -> None:
         super().dump_logs(self.num_timesteps // (self.n_steps * self.n_envs))
