@@ -190,7 +190,7 @@ def run_cli(module: str, argv: list[str], monkeypatch, capsys) -> str:
         ("stpn_rl.train", ["--task", "chess", "--core", "stpn"], "error: task: expected one of"),
         ("stpn_rl.train", ["--task", "maze"], "error: the following arguments are required"),
         ("stpn_rl.train", ["--task", "maze", "--core", "stpn", "--config", "BAD"],
-         "error: BAD: not valid YAML: "),
+         "error: BAD, line 2, column 7: not valid YAML: expected "),
         ("stpn_rl.train", ["--task", "maze", "--core", "stpn", "--n-envs", "0"],
          "error: n_envs: expected a positive integer, got 0"),
     ],

@@ -70,8 +70,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        problem = " ".join(str(error).split())
-        raise ValueError(f"{path}: not valid YAML: {problem}") from error
+        mark = getattr(error, "problem_mark", None)
+        where = "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{path}{where}: not valid YAML: {problem}") from error
     if not isinstance(data, dict):
         raise ValueError(f"path: {path} must hold a YAML mapping, got {type(data).__name__}")
     return data

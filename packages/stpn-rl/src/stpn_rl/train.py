@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -245,6 +247,10 @@ def _evaluate(model: RecurrentPPO, config: dict[str, Any], wall_time: float) -> 
     return metrics
 
 
+def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(
         prog="python -m stpn_rl.train",
@@ -264,17 +270,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--seed: expected a non-negative integer, got {args.seed}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
-        run_dir = train(
-            args.task,
-            args.core,
-            args.config,
-            args.total_timesteps,
-            args.n_envs,
-            args.seed,
-            args.out,
-            progress_bar=not args.no_progress_bar,
-            max_wall_time=args.max_wall_time,
-        )
+        with warnings.catch_warnings():  # warnings as one line each, like errors
+            warnings.showwarning = _show_warning
+            run_dir = train(
+                args.task,
+                args.core,
+                args.config,
+                args.total_timesteps,
+                args.n_envs,
+                args.seed,
+                args.out,
+                progress_bar=not args.no_progress_bar,
+                max_wall_time=args.max_wall_time,
+            )
     except RunLockedError as error:
         raise CommandError(str(error)) from error
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -14,8 +14,9 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "none")
 
 
-DRIVER_EXTRAS = {"postgresql": 'pip install -e "packages/stpn-rl[postgres]"'}
-"""How to install the database driver a storage URL needs, by SQLAlchemy backend."""
+DRIVER_EXTRAS = {"psycopg": 'pip install -e "packages/stpn-rl[postgres]"'}
+"""How to install a database driver the package's extras provide (``postgresql://`` URLs'), by
+module name."""
 
 
 def check_storage(storage: str) -> None:
@@ -32,7 +33,7 @@ def check_storage(storage: str) -> None:
     try:
         dialect.import_dbapi()
     except ImportError as error:
-        install = DRIVER_EXTRAS.get(url.get_backend_name(), f"install the {error.name} package")
+        install = DRIVER_EXTRAS.get(error.name, f"install the {error.name} package")
         raise ValueError(
             f"storage: {url.drivername} URLs need the database driver {error.name!r}, which is "
             f"not installed; {install}"
