@@ -31,18 +31,22 @@ def remove_temporaries(run_dir: Path) -> None:
             path.unlink()
 
 
+def _part_index(path: Path) -> int:
+    return int(path.stem.split("part")[1])
+
+
 def set_progress_aside(logs: Path) -> None:
     """Rename ``progress.csv`` to the next ``progress.part<k>.csv`` before a session resumes:
     SB3's logger starts a new file, and :func:`merge_progress` joins them at the end."""
     if (logs / "progress.csv").is_file():
-        index = len(list(logs.glob("progress.part*.csv")))
+        index = 1 + max((_part_index(p) for p in logs.glob("progress.part*.csv")), default=-1)
         (logs / "progress.csv").rename(logs / f"progress.part{index}.csv")
 
 
 def merge_progress(logs: Path) -> None:
     """Join the CSV logs of interrupted and resumed sessions into ``progress.csv``; rows an
     earlier session logged past the checkpoint a later one resumed from are dropped."""
-    parts = sorted(logs.glob("progress.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    parts = sorted(logs.glob("progress.part*.csv"), key=_part_index)
     if not parts:
         return
     paths = [*parts, logs / "progress.csv"]
