@@ -447,15 +447,60 @@ static vec *kept(int slot, long n) {
     return buffers[slot];
 }
 
-/* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. The loops write
- * (gather) or read (scatter) the lane-interleaved side in order and stream the LANES others. */
+/* Transposing LANES x LANES tiles in registers: at each scale d (1, 2, 4, ...) the off-diagonal
+ * d x d blocks of every 2d x 2d block swap, with two two-source shuffles per pair of rows. The
+ * shuffle patterns are the same for every tile, so they are built once per call. */
+#define SCALES 5 /* log2 of the most lanes (16 floats in 512 bits) plus one */
+typedef struct {
+    vmask lo[SCALES], hi[SCALES];
+} Shuffles;
+
+static Shuffles shuffles(void) {
+    Shuffles m;
+    int s = 0;
+    for (long d = 1; d < LANES; d *= 2, s++)
+        for (long k = 0; k < LANES; k++) {
+            m.lo[s][k] = (k & d) ? LANES + k - d : k;
+            m.hi[s][k] = (k & d) ? LANES + k : k + d;
+        }
+    return m;
+}
+
+static inline void transpose_tile(vec *t, const Shuffles *m) {
+    int s = 0;
+    for (long d = 1; d < LANES; d *= 2, s++)
+        for (long r = 0; r < LANES; r++)
+            if (!(r & d)) {
+                const vec a = t[r], b = t[r + d];
+                t[r] = __builtin_shuffle(a, b, m->lo[s]);
+                t[r + d] = __builtin_shuffle(a, b, m->hi[s]);
+            }
+}
+
+/* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. */
 static void gather(vec *restrict dst, const REAL *restrict src, long stride, long n) {
-    for (long k = 0; k < n; k++)
+    const Shuffles m = shuffles();
+    long k0 = 0;
+    for (; k0 + LANES <= n; k0 += LANES) {
+        vec tile[LANES];
+        for (long l = 0; l < LANES; l++) tile[l] = *(const vec *)(src + l * stride + k0);
+        transpose_tile(tile, &m);
+        for (long k = 0; k < LANES; k++) dst[k0 + k] = tile[k];
+    }
+    for (long k = k0; k < n; k++)
         for (long l = 0; l < LANES; l++) dst[k][l] = src[l * stride + k];
 }
 
 static void scatter(REAL *restrict dst, long stride, const vec *restrict src, long n) {
-    for (long k = 0; k < n; k++)
+    const Shuffles m = shuffles();
+    long k0 = 0;
+    for (; k0 + LANES <= n; k0 += LANES) {
+        vec tile[LANES];
+        for (long k = 0; k < LANES; k++) tile[k] = src[k0 + k];
+        transpose_tile(tile, &m);
+        for (long l = 0; l < LANES; l++) *(vec *)(dst + l * stride + k0) = tile[l];
+    }
+    for (long k = k0; k < n; k++)
         for (long l = 0; l < LANES; l++) dst[l * stride + k] = src[k][l];
 }
 
