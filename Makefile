@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 PACKAGES := packages/stpn-core packages/stpn-analysis packages/stpn-supervised packages/stpn-rl
 
-.PHONY: venv test reproduce-ar reproduce-familiarity bench lint clean
+.PHONY: venv test reproduce-ar reproduce-familiarity reproduce-maze bench lint clean
 
 $(STAMP): Makefile constraints.txt $(foreach p,$(PACKAGES),$(p)/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ reproduce-ar: $(STAMP)
 
 reproduce-familiarity: $(STAMP)
 	$(PY) -m stpn_supervised.reproduce_familiarity --profile $(PROFILE)
+
+# The maze comparison under the paper's algorithm (a2c-bptt): quick ~30 min on 2 cores.
+reproduce-maze: $(STAMP)
+	$(PY) -m stpn_rl.reproduce --task maze --profile $(PROFILE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/stpn_speed.py

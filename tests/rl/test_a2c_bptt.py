@@ -1,13 +1,25 @@
 """The paper's maze algorithm: rollout-then-replay gives the per-step algorithm's loss and
 gradients, resuming from a checkpoint continues exactly, and it learns a small maze."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
+import yaml
+from stpn_rl import train
 from stpn_rl.a2c_bptt import A2CBPTT, discounted_returns
 from stpn_rl.bptt_policy import SequencePolicy, policy_step
+from stpn_rl.checkpoints import KILL_HOOK
+from stpn_rl.config import load_config, merge
 from stpn_rl.evaluate import evaluate_random, run_episodes
+from stpn_rl.runs import load_run
 from stpn_rl.tasks import make_vec_env
 
 TINY_MAZE = {"size": 5, "episode_length": 12}
@@ -33,20 +45,20 @@ def reference_loss(
     agent: A2CBPTT, seed: int, n_envs: int
 ) -> tuple[torch.Tensor, SequencePolicy]:
     """The algorithm written plainly: step a copy of the policy (STPN on its reference loop)
-    with autograd, one step at a time, sampling with an equally seeded generator, then sum
-    the loss over agents and steps in loops."""
+    with autograd, one step at a time, sampling from the same seed, then sum the loss over
+    agents and steps in loops."""
     kwargs = dict(agent.policy_kwargs)
     if kwargs["core"] == "stpn":
         kwargs["core_options"] = {"implementation": "reference"}
     policy = SequencePolicy(agent.observation_space, agent.action_space, lambda _: 1e-4, **kwargs)
     policy.load_state_dict(agent.policy.state_dict())
     env = make_vec_env("maze", n_envs, seed, **TINY_MAZE)
-    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     obs, state, steps = env.reset(), None, []
     for _ in range(TINY_MAZE["episode_length"]):
         logits, values, state = policy(torch.as_tensor(obs).unsqueeze(1), state)
         probs = logits[:, 0].softmax(-1)
-        action = torch.multinomial(probs.detach(), 1, generator=generator).squeeze(-1)
+        action = torch.multinomial(probs.detach(), 1).squeeze(-1)
         obs, reward, _, _ = env.step(action.numpy())
         steps.append((probs, values[:, 0], action, reward))
     total, returns = torch.zeros(()), [0.0] * n_envs
@@ -66,6 +78,7 @@ def reference_loss(
 @pytest.mark.parametrize("core", ["stpn", "lstm"])
 def test_one_iteration_equals_the_plain_per_step_algorithm(core: str) -> None:
     agent = tiny_agent(core, seed=5)
+    torch.manual_seed(5)
     episode = agent.collect_episode()
     assert episode.rewards.sum() > 0  # the policy term is exercised
     loss, _ = agent.episode_loss(episode)
@@ -85,23 +98,49 @@ def test_returns_discount_from_the_end_of_the_episode() -> None:
     torch.testing.assert_close(discounted_returns(rewards, 0.9), expected)
 
 
-def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tmp_path) -> None:
-    per_episode = 6 * TINY_MAZE["episode_length"]
-    straight = tiny_agent("stpn").learn(5 * per_episode)
-    first = tiny_agent("stpn").learn(3 * per_episode)
-    first.save(tmp_path / "agent.zip")
-    env = make_vec_env("maze", 6, 3, **TINY_MAZE)
-    resumed = A2CBPTT.load(tmp_path / "agent.zip", env=env)
-    assert resumed.num_timesteps == 3 * per_episode
-    resumed.learn(2 * per_episode, reset_num_timesteps=False)
-    assert resumed.num_timesteps == straight.num_timesteps == 5 * per_episode
-    expected = straight.policy.state_dict()
-    for name, value in resumed.policy.state_dict().items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
-    # and the optimiser's moments came back too
-    moments = straight.policy.optimizer.state_dict()["state"]
-    for key, state in resumed.policy.optimizer.state_dict()["state"].items():
-        torch.testing.assert_close(state["exp_avg"], moments[key]["exp_avg"], rtol=0, atol=0)
+def tiny_run_config(**changes: Any) -> dict[str, Any]:
+    """The maze's a2c-bptt configuration shrunk: 4 agents, 12-step episodes of a 5×5 maze."""
+    small = {
+        "n_envs": 4, "total_timesteps": 5 * 4 * 12, "checkpoint_freq": 48,
+        "env": TINY_MAZE, "policy": {"hidden_size": 8}, "evaluation": {"episodes": 4},
+    }
+    return merge(merge(load_config("maze", "stpn", algo="a2c-bptt"), small), changes)
+
+
+def run_outcome(run: Path) -> tuple[dict, pd.DataFrame, dict[str, torch.Tensor]]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("wall_time_s")
+    log = pd.read_csv(run / "logs" / "progress.csv").drop(columns=["time/fps"])
+    model, _ = load_run(run, device="cpu")
+    assert isinstance(model, A2CBPTT)
+    return metrics, log.sort_index(axis=1), model.policy.state_dict()
+
+
+def test_a_killed_run_resumes_exactly_as_the_uninterrupted_one(tmp_path) -> None:
+    config = tiny_run_config(a2c_bptt={"learning_rate": 1e-2})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command line's child (OMP_NUM_THREADS=1)
+    try:
+        straight = train.train("maze", "stpn", config, out=tmp_path / "a", progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "stpn_rl.train", "--task", "maze", "--core", "stpn",
+               "--algo", "a2c-bptt", "--config", str(path), "--out", str(tmp_path / "b"),
+               "--no-progress-bar"]
+    environ = os.environ | {"OMP_NUM_THREADS": "1", KILL_HOOK: "96:after"}
+    killed = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    environ.pop(KILL_HOOK)
+    resumed = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics, log, weights = run_outcome(tmp_path / "b" / "maze" / "stpn" / "seed0")
+    expected_metrics, expected_log, expected_weights = run_outcome(straight)
+    assert metrics == expected_metrics and metrics["timesteps"] == 240
+    pd.testing.assert_frame_equal(log, expected_log)
+    for name, value in expected_weights.items():
+        assert torch.equal(weights[name], value), name
 
 
 def test_bad_settings_and_environments_are_refused() -> None:

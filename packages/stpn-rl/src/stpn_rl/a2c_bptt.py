@@ -26,11 +26,9 @@ from __future__ import annotations
 import time
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv
@@ -82,16 +80,18 @@ class A2CBPTT(BaseAlgorithm):
     """Whole-episode BPTT actor-critic over a vectorised environment whose episodes all end at
     the same step (the maze: every agent runs ``episode_length`` steps).
 
-    ``num_timesteps`` counts agent-steps, as for PPO, and callbacks are called once per episode
-    (after its update), so a checkpoint always falls between episodes. A checkpoint also holds
-    the sampling generator and the maze agents' generators, so a resumed run continues exactly
-    as the uninterrupted one would have.
+    ``num_timesteps`` counts agent-steps, as for PPO. Each episode is a rollout of ``n_steps``
+    steps: callbacks see ``on_rollout_start`` before it and ``on_step`` once after its update,
+    so a checkpoint always falls between episodes (``stpn_rl.checkpoints`` then saves all a
+    resumed run needs: actions are sampled from torch's global generator, which it keeps).
 
     Args:
         policy: :class:`~stpn_rl.bptt_policy.SequencePolicy` (or a subclass).
         env: the environments (e.g. ``stpn_rl.tasks.make_vec_env("maze", 512, seed)``).
         learning_rate, gamma, simpson_coef, value_coef, max_grad_norm: see the module docstring.
         policy_kwargs: for the policy (``core``, ``hidden_size``, ``core_options``, ...).
+        n_steps: steps of every episode (``None``: learnt from the first one); an episode of
+            another length raises ``ValueError``.
     """
 
     policy: SequencePolicy
@@ -106,10 +106,11 @@ class A2CBPTT(BaseAlgorithm):
         value_coef: float = 0.1,
         max_grad_norm: float = 4.0,
         policy_kwargs: dict[str, Any] | None = None,
+        n_steps: int | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
         seed: int | None = None,
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "auto",
         _init_setup_model: bool = True,
     ) -> None:
         for name, value in (("gamma", gamma), ("simpson_coef", simpson_coef),
@@ -133,9 +134,7 @@ class A2CBPTT(BaseAlgorithm):
             supported_action_spaces=(spaces.Discrete,),
         )
         self.gamma, self.simpson_coef, self.value_coef = gamma, simpson_coef, value_coef
-        self.max_grad_norm = max_grad_norm
-        self._sampler_state: list[int] | None = None
-        self._env_rng_states: list[dict[str, Any]] | None = None
+        self.max_grad_norm, self.n_steps = max_grad_norm, n_steps
         if _init_setup_model:
             self._setup_model()
 
@@ -145,55 +144,16 @@ class A2CBPTT(BaseAlgorithm):
         self.policy = self.policy_class(
             self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
         ).to(self.device)
-        self.generator = torch.Generator(device=self.device)
-        if self._sampler_state is not None:
-            self.generator.set_state(torch.tensor(self._sampler_state, dtype=torch.uint8))
-        elif self.seed is not None:
-            self.generator.manual_seed(self.seed)
-        else:
-            self.generator.seed()
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "generator"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
-
-    # -- generator states, so that a resumed run continues exactly -----------------------------
-
-    def _env_rngs(self) -> list[np.random.Generator] | None:
-        agents = getattr(self.env.unwrapped, "agents", None) if self.env is not None else None
-        return getattr(agents, "rngs", None)
-
-    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
-        self._sampler_state = self.generator.get_state().tolist()
-        rngs = self._env_rngs()
-        self._env_rng_states = None if rngs is None else [r.bit_generator.state for r in rngs]
-        try:
-            super().save(path, exclude, include)
-        finally:  # only a loaded copy restores them
-            self._sampler_state = self._env_rng_states = None
-
-    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
-        result = super()._setup_learn(*args, **kwargs)
-        rngs = self._env_rngs()
-        if self._env_rng_states is not None and rngs is not None:
-            if len(rngs) != len(self._env_rng_states):
-                raise ValueError(
-                    f"env: the checkpoint holds {len(self._env_rng_states)} agents' generators, "
-                    f"the environment has {len(rngs)} agents"
-                )
-            for rng, state in zip(rngs, self._env_rng_states, strict=True):
-                rng.bit_generator.state = state
-            self._env_rng_states = None
-        return result
 
     # -- one episode -------------------------------------------------------------------------
 
     @torch.no_grad()
     def collect_episode(self) -> Episode:
         """Run every environment through one episode, one step of the core at a time, without
-        gradients; sample actions with this algorithm's generator."""
+        gradients, sampling the actions."""
         assert self.env is not None
         self.policy.set_training_mode(False)
         obs, state = self.env.reset(), None
@@ -201,7 +161,7 @@ class A2CBPTT(BaseAlgorithm):
         while True:
             x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)
             step_logits, _, state = self.policy(x, state)
-            action = choose_actions(step_logits[:, 0], False, self.generator)
+            action = choose_actions(step_logits[:, 0], False, None)
             obs, reward, dones, _ = self.env.step(action.cpu().numpy())
             inputs.append(x[:, 0])
             actions.append(action)
@@ -213,6 +173,10 @@ class A2CBPTT(BaseAlgorithm):
                         "env: a2c-bptt needs environments whose episodes all end at the same step"
                     )
                 break
+        if self.n_steps is None:
+            self.n_steps = len(actions)
+        elif len(actions) != self.n_steps:
+            raise ValueError(f"env: an episode of {len(actions)} steps, expected {self.n_steps}")
         return Episode(
             torch.stack(inputs, 1),
             torch.stack(actions, 1),
@@ -253,25 +217,24 @@ class A2CBPTT(BaseAlgorithm):
         progress_bar: bool = False,
     ) -> A2CBPTT:
         """Train until ``total_timesteps`` agent-steps (whole episodes, so possibly a few more);
-        log means over ``log_interval`` episodes. Callbacks returning ``False`` stop training
-        after the current episode."""
+        log means over every ``log_interval`` episodes of the run (and at the end). Callbacks
+        returning ``False`` stop training after the current episode."""
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
         callback.on_training_start(locals(), globals())
         started = time.perf_counter()
-        episodes = 0
         while self.num_timesteps < total_timesteps:
+            callback.on_rollout_start()
             episode = self.collect_episode()
             parts = self.train_episode(episode)
             self.num_timesteps += episode.actions.numel()
             self._episode_num += episode.actions.shape[0]
-            episodes += 1
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             self.logger.record_mean("rollout/ep_rew_mean", float(episode.rewards.sum(1).mean()))
             for name, value in parts.items():
                 self.logger.record_mean(f"train/{name}", value)
-            if episodes % log_interval == 0 or self.num_timesteps >= total_timesteps:
+            if self._n_updates % log_interval == 0 or self.num_timesteps >= total_timesteps:
                 seconds = time.perf_counter() - started
                 self.logger.record("time/total_timesteps", self.num_timesteps)
                 self.logger.record("time/episodes", self._episode_num)

@@ -8,7 +8,7 @@ core per episode, so the STPN runs on its fast sequence path.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import stpn_core
@@ -18,7 +18,8 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import Tensor, nn
 
-from stpn_rl.evaluate import StepFn
+if TYPE_CHECKING:  # evaluate runs any policy, this one included
+    from stpn_rl.evaluate import StepFn
 
 
 class SequencePolicy(BasePolicy):

@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 from stpn_core.files import atomic_path
 
+from stpn_rl.a2c_bptt import A2CBPTT
 from stpn_rl.ppo import CoreRecurrentPPO
 
 CHECKPOINT_PREFIX = "rl_model"
@@ -55,6 +57,10 @@ class ResumablePPO(CoreRecurrentPPO):
 
     def dump_logs(self, iteration: int = 0) -> None:
         super().dump_logs(self.num_timesteps // (self.n_steps * self.n_envs))
+
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": ResumablePPO, "a2c-bptt": A2CBPTT}
+"""The training algorithms by the name a configuration's ``algo`` gives."""
 
 
 def checkpoint_path(directory: Path, steps: int) -> Path:
@@ -97,7 +103,7 @@ def restore_env_state(env: VecEnv, state: bytes) -> None:
 
 def _training_state(model: RecurrentPPO, wall_time: float) -> dict[str, Any]:
     logger = model.logger
-    states = model._last_lstm_states
+    states = getattr(model, "_last_lstm_states", None)  # a2c-bptt keeps no state between
     return {
         "num_timesteps": model.num_timesteps,
         "wall_time": wall_time,
@@ -137,15 +143,19 @@ def save_checkpoint(model: RecurrentPPO, path: Path, wall_time: float) -> Path:
 
 
 def load_checkpoint(
-    path: Path, env: VecEnv, device: str | torch.device = "auto"
+    path: Path,
+    env: VecEnv,
+    device: str | torch.device = "auto",
+    algorithm: type[BaseAlgorithm] = ResumablePPO,
 ) -> tuple[RecurrentPPO, dict[str, Any] | None]:
-    """The model of checkpoint ``path`` on ``device``, training on ``env``, with ``env`` put
-    back in its saved state; and the rest of the training state for :func:`restore_training`
-    (``None`` for a checkpoint that has none: its run resumes from fresh episodes)."""
+    """The ``algorithm`` model of checkpoint ``path`` on ``device``, training on ``env``, with
+    ``env`` put back in its saved state; and the rest of the training state for
+    :func:`restore_training` (``None`` for a checkpoint that has none: its run resumes from
+    fresh episodes)."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         state = pickle.loads(archive.read(TRAINING_STATE)) if TRAINING_STATE in names else None
-    model = ResumablePPO.load(path, env=None, device=device, force_reset=False)
+    model = algorithm.load(path, env=None, device=device, force_reset=False)
     if state is not None and state["env"] is not None:
         restore_env_state(env, state["env"])
     else:  # the environments restart: so must the episodes SB3 remembers
@@ -174,13 +184,16 @@ def restore_training(model: RecurrentPPO, state: dict[str, Any]) -> None:
 
 
 def resume_latest(
-    directory: Path, env: VecEnv, device: str | torch.device = "auto"
+    directory: Path,
+    env: VecEnv,
+    device: str | torch.device = "auto",
+    algorithm: type[BaseAlgorithm] = ResumablePPO,
 ) -> tuple[RecurrentPPO, dict[str, Any] | None] | None:
     """The newest checkpoint of ``directory`` that loads (see :func:`load_checkpoint`), warning
     about each newer one that does not; ``None`` if there is none."""
     for path in list_checkpoints(directory):
         try:
-            model, state = load_checkpoint(path, env, device)
+            model, state = load_checkpoint(path, env, device, algorithm)
         except (zipfile.BadZipFile, EOFError, KeyError, pickle.UnpicklingError, RuntimeError,
                 ValueError, OSError) as error:
             warnings.warn(

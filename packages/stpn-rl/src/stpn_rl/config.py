@@ -8,6 +8,13 @@ A configuration has the keys ``ppo`` (``RecurrentPPO`` keyword arguments), ``pol
 ``configs/<task>/default.yaml`` holds a task's settings, ``configs/<task>/<core>.yaml`` what a
 core changes (its hidden size at the paper's parameter budget, its options), and a user file
 changes any of it.
+
+``algo`` chooses the training algorithm: ``ppo`` (the default: sb3-contrib's RecurrentPPO,
+settings in ``ppo``) or ``a2c-bptt`` (the paper's maze algorithm,
+:class:`~stpn_rl.a2c_bptt.A2CBPTT`, settings in ``a2c_bptt``; the network is
+:class:`~stpn_rl.bptt_policy.SequencePolicy`, whose value head shares the core, so
+``policy.critic`` is ``shared``). ``configs/<task>/<algo>.yaml`` holds what an algorithm other
+than PPO changes in the task's settings.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from stpn_rl.a2c_bptt import A2CBPTT
+from stpn_rl.checkpoints import ALGORITHMS
 from stpn_rl.policies import CRITIC_CHOICES, CorePolicy
 from stpn_rl.tasks import check_env_kwargs, get_task
 
-REQUIRED_KEYS = ("ppo", "policy", "env", "n_envs", "total_timesteps")
-OPTIONAL_KEYS = ("evaluation", "checkpoint_freq", "task", "seed")
+REQUIRED_KEYS = ("policy", "env", "n_envs", "total_timesteps")
+OPTIONAL_KEYS = ("evaluation", "checkpoint_freq", "task", "seed", "algo")
 _NOT_PPO_OPTIONS = {
     "self",
     "policy",
@@ -54,6 +63,17 @@ POLICY_OPTIONS = tuple(
 EVALUATION_OPTIONS = ("episodes", "deterministic")
 DEFAULT_CRITIC = inspect.signature(CorePolicy.__init__).parameters["critic"].default
 """What ``policy.critic`` is when a configuration leaves it out: :class:`CorePolicy`'s own."""
+A2C_BPTT_OPTIONS = tuple(
+    sorted(set(inspect.signature(A2CBPTT.__init__).parameters) - _NOT_PPO_OPTIONS)
+)
+A2C_BPTT_POLICY_OPTIONS = ("core", "hidden_size", "core_options", "critic")
+
+
+def settings_section(algo: str) -> str:
+    """The section of a configuration that holds ``algo``'s settings (``ppo``, ``a2c_bptt``)."""
+    if algo not in ALGORITHMS:
+        raise ValueError(f"algo: expected one of {sorted(ALGORITHMS)}, got {algo!r}")
+    return algo.replace("-", "_")
 
 
 def config_dir(task: str) -> Path:
@@ -90,15 +110,27 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_config(task: str, core: str, path: str | Path | None = None) -> dict[str, Any]:
-    """The validated configuration of ``core`` on ``task``: the task's defaults, then the core's
-    file if there is one, then ``path``."""
+def load_config(
+    task: str, core: str, path: str | Path | None = None, algo: str | None = None
+) -> dict[str, Any]:
+    """The validated configuration of ``core`` on ``task`` trained by ``algo`` (``None``: the
+    one ``path`` names, else ``ppo``): the task's defaults, then the algorithm's file, then the
+    core's file if there is one, then ``path``."""
     directory = config_dir(task)
+    user = read_yaml(path) if path is not None else {}
+    algo = user.get("algo", "ppo") if algo is None else algo
+    settings_section(algo)
+    if user.get("algo", algo) != algo:
+        raise ValueError(f"algo: {path} configures {user['algo']!r}, but algo={algo!r} was asked")
     config = read_yaml(directory / "default.yaml")
+    if algo != "ppo":
+        if not (directory / f"{algo}.yaml").is_file():
+            raise ValueError(f"algo: {algo!r} is not configured for task {task!r}")
+        config = merge(config, read_yaml(directory / f"{algo}.yaml"))
+        config.pop("ppo", None)
     if (directory / f"{core}.yaml").is_file():
         config = merge(config, read_yaml(directory / f"{core}.yaml"))
     if path is not None:
-        user = read_yaml(path)
         chosen = (
             user.get("policy", {}).get("core", core)
             if isinstance(user.get("policy"), dict)
@@ -145,22 +177,43 @@ def _check_core_options(policy: dict[str, Any]) -> None:
         raise ValueError(f"policy.core_options: {error}") from error
 
 
+def _check_a2c_bptt(settings: dict[str, Any], policy: dict[str, Any]) -> None:
+    """The ``a2c_bptt`` section and what the algorithm's network takes of ``policy``."""
+    _unknown("a2c_bptt", settings, A2C_BPTT_OPTIONS)
+    for name, value in settings.items():
+        if name == "device":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"a2c_bptt.{name}: expected a non-negative number, got {value!r}")
+    _unknown("policy", policy, A2C_BPTT_POLICY_OPTIONS)
+    if policy.get("critic", "shared") != "shared":
+        raise ValueError(
+            "policy.critic: a2c-bptt's value head shares the core (the paper's network); "
+            f"expected 'shared', got {policy['critic']!r}"
+        )
+
+
 def validate_config(config: dict[str, Any], task: str) -> None:
     """Raise ``ValueError``/``TypeError`` naming the first bad entry of ``config``."""
     if not isinstance(config, dict):
         raise TypeError(f"config: expected a dict, got {type(config).__name__}")
     get_task(task)
-    missing = [key for key in REQUIRED_KEYS if key not in config]
+    algo = config.get("algo", "ppo")
+    section = settings_section(algo)
+    missing = [key for key in (section, *REQUIRED_KEYS) if key not in config]
     if missing:
         raise ValueError(f"config: missing key(s) {missing}")
-    _unknown("config", config, REQUIRED_KEYS + OPTIONAL_KEYS)
+    _unknown("config", config, (section, *REQUIRED_KEYS, *OPTIONAL_KEYS))
     if config.get("task", task) != task:
         raise ValueError(f"config.task: the file is for task {config['task']!r}, not {task!r}")
     _positive_int("n_envs", config["n_envs"])
     _positive_int("total_timesteps", config["total_timesteps"])
     if "checkpoint_freq" in config:
         _positive_int("checkpoint_freq", config["checkpoint_freq"])
-    ppo, policy, env = _section(config, "ppo"), _section(config, "policy"), _section(config, "env")
+    ppo = _section(config, "ppo") if algo == "ppo" else {}
+    policy, env = _section(config, "policy"), _section(config, "env")
+    if algo == "a2c-bptt":
+        _check_a2c_bptt(_section(config, "a2c_bptt"), policy)
     _unknown("ppo", ppo, PPO_OPTIONS)
     for name in ("n_steps", "batch_size", "n_epochs"):
         if name in ppo:

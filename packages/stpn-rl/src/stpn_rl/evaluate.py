@@ -16,6 +16,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.vec_env import VecEnv
 from stpn_core.cli import ArgumentParser, run_command
 
+from stpn_rl.bptt_policy import SequencePolicy, policy_step
 from stpn_rl.policies import CorePolicy
 from stpn_rl.runs import load_run, write_json
 from stpn_rl.tasks import make_vec_env
@@ -81,6 +82,8 @@ def run_episodes(env: VecEnv, step: StepFn, n_episodes: int) -> dict[str, Any]:
 def _agent_step(model: RecurrentPPO, deterministic: bool) -> StepFn:
     """The agent's step through ``model.predict``; for our policy, the energy its actor core
     spent on that very step, which the core measures while it runs it."""
+    if isinstance(model.policy, SequencePolicy):  # an a2c-bptt agent
+        return policy_step(model.policy, deterministic)
     core = model.policy.lstm_actor if isinstance(model.policy, CorePolicy) else None
     state: tuple[np.ndarray, np.ndarray] | None = None
 

@@ -12,8 +12,8 @@ import torch
 from sb3_contrib import RecurrentPPO
 from stpn_core.files import write_text_atomic
 
-from stpn_rl.checkpoints import list_checkpoints
-from stpn_rl.config import read_yaml
+from stpn_rl.checkpoints import ALGORITHMS, list_checkpoints
+from stpn_rl.config import read_yaml, settings_section
 
 FINAL_MODEL = "final.zip"
 
@@ -74,5 +74,6 @@ def load_run(
     checkpoints = [final] if final.is_file() else list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise ValueError(f"run_dir: {run_dir} has no checkpoint")
-    device = device or config.get("ppo", {}).get("device", "auto")
-    return RecurrentPPO.load(checkpoints[0], device=device), config
+    algo = config.get("algo", "ppo")
+    device = device or config.get(settings_section(algo), {}).get("device", "auto")
+    return ALGORITHMS[algo].load(checkpoints[0], device=device), config

@@ -1,10 +1,12 @@
-"""Train an agent with sb3-contrib's RecurrentPPO and a ``stpn_core`` core, and record the run.
+"""Train an agent with a ``stpn_core`` core, and record the run: sb3-contrib's RecurrentPPO, or
+on the maze the paper's algorithm (``--algo a2c-bptt``, :mod:`stpn_rl.a2c_bptt`).
 
-``python -m stpn_rl.train --task maze --core stpn [--config FILE] [--total-timesteps N]
-[--n-envs K] [--seed S] [--out runs/rl]`` writes ``<out>/<task>/<core>/seed<S>/`` as
-docs/run-format.md describes. Rerunning it resumes from the last checkpoint and ends as the
-uninterrupted run would have (:mod:`stpn_rl.checkpoints`); rerunning a finished run with a larger
-``--total-timesteps`` trains it further. One process writes a run folder at a time.
+``python -m stpn_rl.train --task maze --core stpn [--algo a2c-bptt] [--config FILE]
+[--total-timesteps N] [--n-envs K] [--seed S] [--out runs/rl]`` writes
+``<out>/<task>/<core>/seed<S>/`` as docs/run-format.md describes. Rerunning it resumes from the
+last checkpoint and ends as the uninterrupted run would have (:mod:`stpn_rl.checkpoints`);
+rerunning a finished run with a larger ``--total-timesteps`` trains it further. One process
+writes a run folder at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from stable_baselines3.common.vec_env import VecEnv
 from stpn_core.cli import ArgumentParser, CommandError, run_command
 from stpn_core.files import RunLock, RunLockedError, atomic_path, write_text_atomic
 
+from stpn_rl.a2c_bptt import A2CBPTT
+from stpn_rl.bptt_policy import SequencePolicy
 from stpn_rl.checkpoints import (
+    ALGORITHMS,
     ResumablePPO,
     RolloutCheckpoint,
     checkpoint_path,
@@ -38,7 +43,8 @@ from stpn_rl.checkpoints import (
     resume_latest,
     save_checkpoint,
 )
-from stpn_rl.config import load_config, merge, read_yaml, validate_config
+from stpn_rl.config import load_config, merge, read_yaml, settings_section, validate_config
+from stpn_rl.envs import MazeOptions
 from stpn_rl.evaluate import evaluate_agent
 from stpn_rl.policies import CorePolicy
 from stpn_rl.runs import (
@@ -59,11 +65,25 @@ def build_agent(
     tensorboard_log: str | None = None,
     verbose: int = 0,
 ) -> RecurrentPPO:
-    """A RecurrentPPO agent with :class:`CorePolicy`, configured by ``config`` (see
-    :mod:`stpn_rl.config`), on ``env`` or on fresh ``task`` environments seeded ``seed``."""
+    """The agent ``config`` describes (see :mod:`stpn_rl.config`), on ``env`` or on fresh
+    ``task`` environments seeded ``seed``: RecurrentPPO with :class:`CorePolicy`, or for
+    ``algo: a2c-bptt`` the paper's maze algorithm with :class:`SequencePolicy`."""
     validate_config(config, task)
     if env is None:
         env = make_vec_env(task, config["n_envs"], seed, **config["env"])
+    if config.get("algo", "ppo") == "a2c-bptt":
+        policy = config["policy"]
+        return A2CBPTT(
+            SequencePolicy,
+            env,
+            policy_kwargs={k: policy[k] for k in ("core", "hidden_size", "core_options")},
+            # Only the maze configures a2c-bptt; every episode lasts episode_length steps.
+            n_steps=MazeOptions.from_mapping(config["env"]).episode_length,
+            seed=seed,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            **config["a2c_bptt"],
+        )
     policy_kwargs = get_task(task).policy_defaults | config["policy"]
     return ResumablePPO(
         CorePolicy,
@@ -111,16 +131,21 @@ def resolve_config(
     config: dict[str, Any] | str | Path | None,
     overrides: dict[str, Any],
     seed: int,
+    algo: str | None = None,
 ) -> dict[str, Any]:
     """The run's whole configuration, validated: ``config`` (a dict, or a YAML file over the
-    task's and core's defaults) with the non-``None`` ``overrides`` and the task and seed."""
+    task's, the algorithm's and the core's defaults) with the non-``None`` ``overrides`` and
+    the task and seed. ``algo`` (``None``: the one ``config`` names, else ``ppo``) must agree
+    with a dict ``config``."""
     if isinstance(config, dict):
         chosen = config.get("policy", {}).get("core", core)
         if chosen != core:
             raise ValueError(f"core: the config is for core {chosen!r}, but core={core!r}")
+        if algo is not None and config.get("algo", "ppo") != algo:
+            raise ValueError(f"algo: the config is for {config.get('algo', 'ppo')!r}, not {algo!r}")
         config = merge(config, {"policy": {"core": core}})
     else:
-        config = load_config(task, core, config)
+        config = load_config(task, core, config, algo)
     config = merge(config, {k: v for k, v in overrides.items() if v is not None})
     config |= {"task": task, "seed": seed}
     validate_config(config, task)
@@ -156,8 +181,10 @@ def train(
     callbacks: Sequence[BaseCallback] = (),
     progress_bar: bool = True,
     max_wall_time: float | None = None,
+    algo: str | None = None,
 ) -> Path:
-    """Train ``core`` on ``task``, evaluate it, and return the run directory
+    """Train ``core`` on ``task`` with ``algo`` (``ppo`` or ``a2c-bptt``; ``None``: the one
+    ``config`` names, else ``ppo``), evaluate it, and return the run directory
     ``<out>/<task>/<core>/seed<seed>``.
 
     The whole configuration is checked (the environments and the agent are built) before the
@@ -169,7 +196,7 @@ def train(
     :class:`~stpn_core.files.RunLockedError` if another process is writing the run folder.
     """
     overrides = {"total_timesteps": total_timesteps, "n_envs": n_envs}
-    config = resolve_config(task, core, config, overrides, seed)
+    config = resolve_config(task, core, config, overrides, seed, algo)
     run_dir = Path(out) / task / core / f"seed{seed}"
     checkpoints, logs = run_dir / "checkpoints", run_dir / "logs"
     limit = [] if max_wall_time is None else [WallTimeLimit(max_wall_time)]
@@ -181,7 +208,9 @@ def train(
             env.close()
             return run_dir
         remove_temporaries(run_dir)
-        resumed = resume_latest(checkpoints, env, config["ppo"].get("device", "auto"))
+        algo = config.get("algo", "ppo")
+        device = config[settings_section(algo)].get("device", "auto")
+        resumed = resume_latest(checkpoints, env, device, ALGORITHMS[algo])
         if resumed is not None:
             model, state = resumed
             set_progress_aside(logs)
@@ -254,11 +283,14 @@ def _show_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(
         prog="python -m stpn_rl.train",
-        description="Train a RecurrentPPO agent with a stpn_core core; rerun to resume or extend.",
+        description="Train an agent with a stpn_core core (RecurrentPPO, or the paper's "
+        "a2c-bptt on the maze); rerun to resume or extend.",
     )
     parser.add_argument("--task", required=True)
     parser.add_argument("--core", required=True)
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default=None,
+                        help="training algorithm (default: the config's algo, else ppo)")
     parser.add_argument("--total-timesteps", type=int, default=None)
     parser.add_argument("--n-envs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -282,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 args.out,
                 progress_bar=not args.no_progress_bar,
                 max_wall_time=args.max_wall_time,
+                algo=args.algo,
             )
     except RunLockedError as error:
         raise CommandError(str(error)) from error

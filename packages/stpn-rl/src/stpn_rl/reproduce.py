@@ -1,0 +1,137 @@
+"""Reproduce the RL comparison of the paper: ``python -m stpn_rl.reproduce --task maze``.
+
+Every core of the task's comparison trains at the same budget of environment steps with the
+same seeds (``stpn_rl.train`` with the task's ``algo``), and is evaluated (reward, energy per
+step); runs go to ``<out>/<task>/<core>/seed<k>/`` (docs/run-format.md). A finished run is
+skipped and an interrupted one resumes from its last checkpoint, so rerunning the command
+continues a reproduction that was stopped. At the end a table is printed, with the references
+the maze runs record (the random policy's reward and the oracle's, for their maze), and, where
+``stpn_analysis`` is installed (it is optional: stpn-rl does not depend on it), its report
+(``summary.md``, figures of reward against steps and against energy) is written into
+``<out>/<task>``.
+
+Profiles (maze, ``algo: a2c-bptt``, the paper's algorithm with 200-step episodes):
+``quick`` (``make reproduce-maze``) trains each core for the same few episodes, sized to
+finish in about 30 minutes on a 2-core CPU; ``paper`` is the paper's protocol, 50 000 episodes
+of 512 agents (5.12·10⁹ agent-steps) per core and seed, three seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stpn_core.cli import ArgumentParser, run_command
+
+from stpn_rl.config import load_config, merge
+from stpn_rl.envs import MazeOptions
+from stpn_rl.train import train
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One comparison: which cores, seeds and how many episodes of ``n_envs`` agents each."""
+
+    algo: str
+    cores: tuple[str, ...]
+    seeds: tuple[int, ...]
+    episodes: int
+    n_envs: int
+    evaluation_episodes: int
+
+
+MAZE_CORES = ("stpn", "lstm", "rnn", "modplast")
+PROFILES: dict[str, dict[str, Profile]] = {
+    "maze": {
+        # Per episode of 64 agents on the shared 2-core machine: STPN ~0.8 s, LSTM and RNN
+        # ~0.3 s, modplast (autograd over its Hebbian trace) ~3.5 s; see the README.
+        "quick": Profile("a2c-bptt", MAZE_CORES, (0,), episodes=200, n_envs=64,
+                         evaluation_episodes=256),
+        "paper": Profile("a2c-bptt", MAZE_CORES, (0, 1, 2), episodes=50_000, n_envs=512,
+                         evaluation_episodes=512),
+    }
+}
+
+
+def run_config(task: str, core: str, profile: Profile) -> dict[str, Any]:
+    """The configuration of ``core``'s runs: the packaged one for the profile's algorithm, at
+    the profile's budget."""
+    config = load_config(task, core, algo=profile.algo)
+    episode_length = MazeOptions.from_mapping(config["env"]).episode_length
+    return merge(config, {
+        "n_envs": profile.n_envs,
+        "total_timesteps": profile.episodes * profile.n_envs * episode_length,
+        "evaluation": {"episodes": profile.evaluation_episodes},
+    })
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the runs, one line per core: mean ± std over seeds."""
+    lines = ["| core | seeds | agent-steps | reward (mean ± std) | energy / step | params |",
+             "|---|---|---|---|---|---|"]
+    for core in dict.fromkeys(row["model"] for row in rows):
+        group = [row for row in rows if row["model"] == core]
+        rewards = np.array([row["mean_reward"] for row in group])
+        energies = [row["energy_per_step"] for row in group if row["energy_per_step"]]
+        energy = f"{np.mean(energies):.4g}" if energies else "–"
+        lines.append(
+            f"| {core} | {len(group)} | {group[0]['timesteps']:.3g} | "
+            f"{rewards.mean():.2f} ± {rewards.std():.2f} | {energy} | {group[0]['params']} |"
+        )
+    references = next((row["references"] for row in rows if row.get("references")), {})
+    for name, value in references.items():  # e.g. the maze's random policy and oracle
+        lines.append(f"| {name} (reference) | – | – | {value:.2f} | – | – |")
+    return "\n".join(lines)
+
+
+def reproduce(task: str, profile: Profile, out: Path) -> str:
+    """Train and evaluate every run of ``profile`` (skipping finished ones) and return the
+    table; write the ``stpn_analysis`` report too where it is installed."""
+    rows = []
+    for seed in profile.seeds:
+        for core in profile.cores:
+            config = run_config(task, core, profile)
+            run_dir = train(task, core, config, seed=seed, out=out, progress_bar=False)
+            rows.append(json.loads((run_dir / "metrics.json").read_text()))
+            print(f"{task}/{core} seed {seed}: mean reward {rows[-1]['mean_reward']:.2f} "
+                  f"after {rows[-1]['timesteps']} agent-steps -> {run_dir}", flush=True)
+    table = format_rows(rows)
+    try:
+        from stpn_analysis import write_report
+    except ImportError:
+        return table
+    paths = write_report(out / task)
+    figures = sorted(str(path) for name, path in paths.items() if not name.startswith("summary"))
+    return table + "\n\nfigures: " + ", ".join(figures)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgumentParser(prog="python -m stpn_rl.reproduce", description=__doc__.split("\n")[0])
+    parser.add_argument("--task", choices=sorted(PROFILES), default="maze")
+    parser.add_argument("--profile", choices=("quick", "paper"), default="quick")
+    parser.add_argument("--out", type=Path, default=Path("runs/rl"))
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="episodes per run instead of the profile's (equal for every core)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.task][args.profile]
+    if args.episodes is not None:
+        if args.episodes < 1:
+            parser.error(f"--episodes: expected a positive integer, got {args.episodes}")
+        profile = replace(profile, episodes=args.episodes)
+    if args.seeds is not None:
+        if min(args.seeds) < 0:
+            parser.error(f"--seeds: expected non-negative integers, got {args.seeds}")
+        profile = replace(profile, seeds=tuple(args.seeds))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    print(reproduce(args.task, profile, args.out))
+
+
+if __name__ == "__main__":
+    run_command(main)
