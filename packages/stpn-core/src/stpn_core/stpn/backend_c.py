@@ -39,8 +39,11 @@ FLAGS = ("-O3", "-march=native", "-ffast-math", "-mrecip=none", "-fopenmp-simd",
 FLAGS += ("-fPIC", "-std=c11")
 WIDE_ROWS = 16
 """Rows of ``D`` a multiple of this many values get a build with 512-bit vectors (where the CPU
-has them: 8% faster per training step at the ART size, D = 48); other rows keep 256-bit vectors,
-since a row of D = 72 as 4.5 512-bit vectors ran 30% slower than as 9 256-bit ones."""
+has them), other rows 256-bit ones. The width matters for the samples left over after whole
+groups, which run one at a time with the row in the lanes (a row of D = 72 as 4.5 512-bit vectors
+ran 30% slower than as 9 256-bit ones); in whole groups (samples in the lanes, 16 or 8 float32
+samples per vector) both widths ran within a few percent of each other at the ART and maze
+sizes."""
 REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
 WORKSPACE_BYTES = 1 << 19
 """Budget of the backward's workspace: it recomputes ``K`` steps of one sample at a time into
