@@ -156,12 +156,12 @@ def load_checkpoint(
         names = archive.namelist()
         state = pickle.loads(archive.read(TRAINING_STATE)) if TRAINING_STATE in names else None
     model = algorithm.load(path, env=None, device=device, force_reset=False)
-    if state is not None and state["env"] is not None:
+    exact = state is not None and state["env"] is not None
+    # Otherwise the environments restart, and so must the episodes SB3 remembers.
+    model.set_env(env, force_reset=not exact)
+    if exact:  # only now: a checkpoint that fails to load leaves the environments untouched
         restore_env_state(env, state["env"])
-    else:  # the environments restart: so must the episodes SB3 remembers
-        model._last_obs = None
-    model.set_env(env, force_reset=model._last_obs is None)
-    if state is not None and state["lstm_states"] is not None and model._last_obs is not None:
+    if exact and state["lstm_states"] is not None:
         model._last_lstm_states = RNNStates(
             *(tuple(torch.as_tensor(a, device=model.device) for a in pair)
               for pair in state["lstm_states"])
