@@ -172,3 +172,12 @@ def test_a_run_moves_between_devices(tiny, tmp_path) -> None:
                            capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr
     assert json.loads((run / "metrics.json").read_text())["timesteps"] == 128
+
+
+def test_resuming_a_task_whose_environments_cannot_be_saved_says_so(tiny, tmp_path) -> None:
+    config = tiny("inverted-pendulum", "stpn", total_timesteps=64, checkpoint_freq=32)
+    run = train.train("inverted-pendulum", "stpn", config, out=tmp_path, progress_bar=False)
+    with pytest.warns(CheckpointWarning, match="restart their episodes"):
+        train.train("inverted-pendulum", "stpn", config, total_timesteps=96, out=tmp_path,
+                    progress_bar=False)
+    assert json.loads((run / "metrics.json").read_text())["timesteps"] == 96

@@ -207,6 +207,12 @@ def resume_latest(
                 "the run resumes with fresh episodes and RNGs, so it will not match an "
                 "uninterrupted one", CheckpointWarning, stacklevel=2
             )
+        elif state["env"] is None:
+            warnings.warn(
+                f"resuming from {path}: this task's gymnasium environments cannot be saved, so "
+                "they restart their episodes; the run will not match an uninterrupted one",
+                CheckpointWarning, stacklevel=2
+            )
         return model, state
     return None
 
