@@ -11,9 +11,10 @@ the maze runs record (the random policy's reward and the oracle's, for their maz
 ``<out>/<task>``.
 
 Profiles (maze, ``algo: a2c-bptt``, the paper's algorithm with 200-step episodes):
-``quick`` (``make reproduce-maze``) trains each core for the same few episodes, sized to
-finish in about 30 minutes on a 2-core CPU; ``paper`` is the paper's protocol, 50 000 episodes
-of 512 agents (5.12·10⁹ agent-steps) per core and seed, three seeds.
+``quick`` (``make reproduce-maze``) trains each core for the same 500 episodes of 64 agents
+(6.4·10⁶ agent-steps), sized to finish within 30 minutes on a 2-core CPU; ``paper`` is the
+paper's protocol, 50 000 episodes of 512 agents (5.12·10⁹ agent-steps) per core and seed, three
+seeds.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ class Profile:
 MAZE_CORES = ("stpn", "lstm", "rnn", "modplast")
 PROFILES: dict[str, dict[str, Profile]] = {
     "maze": {
-        # Per episode of 64 agents on the shared 2-core machine: STPN ~0.8 s, LSTM and RNN
-        # ~0.3 s, modplast (autograd over its Hebbian trace) ~3.5 s; see the README.
-        "quick": Profile("a2c-bptt", MAZE_CORES, (0,), episodes=200, n_envs=64,
+        # 200 episodes of 64 agents per core took 6.2 min of CPU (reproduce, evaluations
+        # included; modplast, with autograd over its Hebbian trace, about half of it), so 500
+        # take about 15 min on one core.
+        "quick": Profile("a2c-bptt", MAZE_CORES, (0,), episodes=500, n_envs=64,
                          evaluation_episodes=256),
         "paper": Profile("a2c-bptt", MAZE_CORES, (0, 1, 2), episodes=50_000, n_envs=512,
                          evaluation_episodes=512),
