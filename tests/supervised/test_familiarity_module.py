@@ -16,7 +16,7 @@ from stpn_supervised.familiarity_module import FamiliarityClassifier, generalisa
 
 SPEC_COUNTS = {"hebbff": 10203, "ustpnf": 10203, "stpnf": 10269, "ustpnr": 10171,
                "stpnr": 10342, "lstm": 10354}
-"""Trainable parameters of the original classes, read-out included (spec §3.7)."""
+"""Trainable parameters of the original classes, read-out included (docs/model.md §3.7)."""
 
 
 def _trainer(**kwargs) -> L.Trainer:
