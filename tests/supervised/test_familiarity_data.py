@@ -144,7 +144,7 @@ def test_a_resumed_fit_continues_the_stream(tmp_path) -> None:
         trainer = L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False,
                             enable_model_summary=False, num_sanity_val_steps=0,
                             callbacks=[spy, last])
-        data = FamiliarityDataModule(seq_len=20, iterations_per_epoch=2, data_dir=str(tmp_path))
+        data = FamiliarityDataModule(seq_len=20, iterations_per_epoch=2, data_dir=tmp_path)
         trainer.fit(FamiliarityClassifier("stpn", 3), data,
                     ckpt_path=tmp_path / folder / "last.ckpt" if resume else None)
         return spy.seen

@@ -161,6 +161,9 @@ class FamiliarityDataModule(L.LightningDataModule):
         check_probability(p_repeat)
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}; got {mode!r}")
+        # A str, not a Path, in the hyper-parameters: checkpoints then load with
+        # torch.load(weights_only=True) (stpn_analysis reads them that way).
+        data_dir = os.fspath(data_dir)
         self.save_hyperparameters()
         self.d, self.seq_len, self.repeat_distance, self.p_repeat = d, seq_len, repeat_distance, \
             float(p_repeat)
