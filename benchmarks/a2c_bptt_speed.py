@@ -4,7 +4,8 @@ Each core at its paper size (``stpn_core.paper_preset("maze", core)``; LSTM H 47
 trains on the 13×13 maze with ``--n-envs`` agents (default 512, the paper's batch) for
 ``--episodes`` episodes after one warm-up episode; the rollout (single steps without gradients)
 and the update (replay through the sequence path, backward, Adam) are timed separately.
-The median episode is reported, which is robust to a busy machine.
+The median episode is reported, and the agent-steps per second of CPU time this process got
+(with one thread, about what a core of its own would give on a busy machine).
 
 Usage: ``python benchmarks/a2c_bptt_speed.py [--cores stpn lstm] [--n-envs 512]
 [--episodes 5] [--threads 1]``.
@@ -24,8 +25,9 @@ from stpn_rl.bptt_policy import SequencePolicy
 from stpn_rl.tasks import make_vec_env
 
 
-def time_episodes(core: str, n_envs: int, episodes: int) -> tuple[float, float, int]:
-    """Median seconds of the rollout and of the update, and agent-steps per episode."""
+def time_episodes(core: str, n_envs: int, episodes: int) -> tuple[float, float, float, int]:
+    """Median wall seconds of the rollout and of the update, median CPU seconds of the
+    episode, and agent-steps per episode."""
     preset = paper_preset("maze", core)
     policy_kwargs = {
         "core": preset.model,
@@ -35,16 +37,18 @@ def time_episodes(core: str, n_envs: int, episodes: int) -> tuple[float, float, 
     agent = A2CBPTT(
         SequencePolicy, make_vec_env("maze", n_envs, 0), seed=0, policy_kwargs=policy_kwargs
     )
-    rollouts, updates = [], []
+    rollouts, updates, cpu = [], [], []
     for index in range(episodes + 1):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         episode = agent.collect_episode()
         middle = time.perf_counter()
         agent.train_episode(episode)
         if index > 0:  # the first episode loads the C library and warms the allocator
             rollouts.append(middle - start)
             updates.append(time.perf_counter() - middle)
-    return float(np.median(rollouts)), float(np.median(updates)), episode.actions.numel()
+            cpu.append(time.process_time() - start_cpu)
+    medians = (float(np.median(times)) for times in (rollouts, updates, cpu))
+    return *medians, episode.actions.numel()
 
 
 def main() -> None:
@@ -57,10 +61,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
           f"{args.threads} torch thread(s), {args.n_envs} agents")
-    print(f"{'core':8} {'rollout s':>10} {'update s':>10} {'agent-steps/s':>14}")
+    print(f"{'core':8} {'rollout s':>10} {'update s':>10} {'agent-steps/s':>14} "
+          f"{'per CPU-s':>10}")
     for core in args.cores:
-        rollout, update, steps = time_episodes(core, args.n_envs, args.episodes)
-        print(f"{core:8} {rollout:10.3f} {update:10.3f} {steps / (rollout + update):14.0f}")
+        rollout, update, cpu, steps = time_episodes(core, args.n_envs, args.episodes)
+        print(f"{core:8} {rollout:10.3f} {update:10.3f} {steps / (rollout + update):14.0f} "
+              f"{steps / cpu:10.0f}")
 
 
 if __name__ == "__main__":
