@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 import stpn_core
 import yaml
 from optuna.trial import TrialState
@@ -294,6 +295,24 @@ def _hang(args: list[str], sampled: Path) -> None:
     main(args, objective)
 
 
+def _wait_for_a_heartbeat(storage: str, name: str, deadline: float) -> None:
+    """Wait until the worker's heartbeat thread has written for its trial: a trial killed before
+    its first heartbeat is never seen as stale (it races the trial for the database)."""
+    engine = sqlalchemy.create_engine(storage)
+    query = sqlalchemy.text(
+        "SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON h.trial_id = t.trial_id "
+        "JOIN studies s ON t.study_id = s.study_id WHERE s.study_name = :name")
+    try:
+        while True:
+            with engine.connect() as connection:
+                if connection.execute(query, {"name": name}).scalar():
+                    return
+            assert time.monotonic() < deadline, "the worker never wrote a heartbeat"
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+
+
 def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path, shared_study):
     storage, name = shared_study
     args = tune_args(tiny_config, tmp_path / "sweep", "--n-trials", "1", "--heartbeat-interval",
@@ -305,7 +324,7 @@ def test_a_killed_workers_trial_is_failed_and_retried(tiny_config, tmp_path, sha
     while not sampled.exists():
         assert time.monotonic() < deadline and worker.is_alive()
         time.sleep(0.2)
-    time.sleep(2)  # let the worker's heartbeat thread, racing the trial for the database, write
+    _wait_for_a_heartbeat(storage, name, deadline)
     os.kill(worker.pid, signal.SIGKILL)
     worker.join()
     time.sleep(4)  # past the grace period of two heartbeats (timestamps are in whole seconds)
