@@ -35,6 +35,7 @@ def test_runs_use_the_papers_algorithm_and_the_profile_budget() -> None:
     config = run_config("maze", "stpn", PROFILES["maze"]["paper"])
     assert config["algo"] == "a2c-bptt"
     assert config["total_timesteps"] == 50_000 * 512 * 200
+    assert config["checkpoint_freq"] == 50 * 512 * 200
     assert config["a2c_bptt"]["learning_rate"] == pytest.approx(1e-4)
     assert config["policy"]["core_options"] == {"norm_timing": "post", "clamp": 1.0}
 

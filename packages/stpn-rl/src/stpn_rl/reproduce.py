@@ -63,12 +63,14 @@ PROFILES: dict[str, dict[str, Profile]] = {
 
 def run_config(task: str, core: str, profile: Profile) -> dict[str, Any]:
     """The configuration of ``core``'s runs: the packaged one for the profile's algorithm, at
-    the profile's budget."""
+    the profile's budget, with a checkpoint every 50 episodes (a stopped reproduction loses at
+    most those)."""
     config = load_config(task, core, algo=profile.algo)
-    episode_length = MazeOptions.from_mapping(config["env"]).episode_length
+    episode = profile.n_envs * MazeOptions.from_mapping(config["env"]).episode_length
     return merge(config, {
         "n_envs": profile.n_envs,
-        "total_timesteps": profile.episodes * profile.n_envs * episode_length,
+        "total_timesteps": profile.episodes * episode,
+        "checkpoint_freq": 50 * episode,
         "evaluation": {"episodes": profile.evaluation_episodes},
     })
 
