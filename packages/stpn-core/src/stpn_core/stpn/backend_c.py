@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
@@ -188,6 +188,22 @@ def _executor(pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="stpn")
 
 
+@lru_cache(maxsize=256)
+def _plan(
+    config: LoopConfig, shape: tuple[int, ...], dtype: torch.dtype, has_bias: bool,
+    threads: int, min_work: int,
+) -> tuple[_CArgs, list[tuple[int, int]], Callable[..., None]]:
+    """The C arguments, batch split and entry point of a forward at ``shape`` ``(T, B, I, H, D,
+    K)``, built once per shape and options: at a rollout step (``T = 1``) building them took as
+    long as the loop itself. ``threads`` and ``min_work`` (the torch threads and
+    :data:`MIN_WORK_PER_THREAD`, which :func:`_batch_ranges` reads) only key the cache. The C
+    loop reads the struct (``const``), so records and threads share it."""
+    T, B, _, H, D, _ = shape
+    lib = library_for(dtype, D)
+    ranges = _batch_ranges(B, B * H * D * T, lib.stpn_lanes())
+    return _c_args(config, shape, has_bias), ranges, lib.stpn_forward
+
+
 def forward(
     x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
     config: LoopConfig,
@@ -208,9 +224,10 @@ def forward(
     lam, rate = lam.expand(W.shape).contiguous(), hebbian_rate(lam, gam, config).expand(W.shape)
     rate = rate.contiguous()
     b = None if b is None else b.contiguous()
-    args = _c_args(config, (T, B, I, H, D, every), b is not None)
-    lib = library_for(x.dtype, D)
-    ranges, run = _batch_ranges(B, B * H * D * T, lib.stpn_lanes()), lib.stpn_forward
+    args, ranges, run = _plan(
+        config, (T, B, I, H, D, every), x.dtype, b is not None, torch.get_num_threads(),
+        MIN_WORK_PER_THREAD,
+    )
 
     def call(_: int, b0: int, b1: int) -> None:
         run(

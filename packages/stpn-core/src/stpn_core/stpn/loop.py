@@ -13,6 +13,7 @@ the effective Hebbian rate of :func:`hebbian_rate`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -36,15 +37,14 @@ class LoopConfig:
 
     @classmethod
     def of(cls, layer: STPN) -> LoopConfig:
-        """The loop's view of ``layer``'s options (assumes :func:`unsupported_reason` is None)."""
-        return cls(
-            recurrent=layer.recurrent,
-            normalise=layer.norm == "G",
-            post=layer.norm_timing == "post",
-            clamp=layer.clamp,
-            prompt_decay=layer.update == "prompt_decay",
-            current=layer.presynaptic == "current",
-            activation=layer.activation,
+        """The loop's view of ``layer``'s options (assumes :func:`unsupported_reason` is None).
+
+        Read on every call (the options may change after construction), but built once per
+        combination of options: a single step is otherwise paying for it.
+        """
+        return _config(
+            cls, layer.recurrent, layer.norm, layer.norm_timing, layer.clamp, layer.update,
+            layer.presynaptic, layer.activation,
         )
 
     @property
@@ -53,13 +53,34 @@ class LoopConfig:
         return self.current and self.recurrent
 
 
+@lru_cache(maxsize=64)
+def _config(
+    cls: type[LoopConfig], recurrent: bool, norm: str, norm_timing: str, clamp: float | None,
+    update: str, presynaptic: str, activation: str,
+) -> LoopConfig:
+    return cls(
+        recurrent=recurrent,
+        normalise=norm == "G",
+        post=norm_timing == "post",
+        clamp=clamp,
+        prompt_decay=update == "prompt_decay",
+        current=presynaptic == "current",
+        activation=activation,
+    )
+
+
 def unsupported_reason(layer: STPN) -> str | None:
     """Why the fused loop cannot run ``layer``'s options, or ``None`` when it can."""
+    return _reason(layer.rule, layer.norm, layer.plastic_inputs, layer.plastic_bias)
+
+
+@lru_cache(maxsize=64)
+def _reason(rule: str, norm: str, plastic_inputs: str, plastic_bias: bool) -> str | None:
     checks = {
-        'rule="oja"': layer.rule != "hebb",
-        f"norm={layer.norm!r}": layer.norm not in ("G", "none"),
-        f"plastic_inputs={layer.plastic_inputs!r}": layer.plastic_inputs != "all",
-        "plastic_bias=True": layer.plastic_bias,
+        'rule="oja"': rule != "hebb",
+        f"norm={norm!r}": norm not in ("G", "none"),
+        f"plastic_inputs={plastic_inputs!r}": plastic_inputs != "all",
+        "plastic_bias=True": plastic_bias,
     }
     reasons = [name for name, unsupported in checks.items() if unsupported]
     return ", ".join(reasons) if reasons else None
