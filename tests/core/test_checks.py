@@ -88,3 +88,22 @@ def test_disable_native_refuses_other_words(
     monkeypatch.setenv("STPN_DISABLE_NATIVE", "maybe")
     with pytest.raises(ValueError, match="STPN_DISABLE_NATIVE: expected .*got 'maybe'"):
         backend_c.library(torch.float64)
+
+
+@pytest.mark.parametrize("name", ["stpn", "stpnf"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("steps", [1, 40])
+def test_non_finite_memory_is_refused_without_gradients(name: str, bad: float, steps: int) -> None:
+    """Without gradients the fast path checks F after the run, from its sums: a bad value must
+    still be found with zero inputs (NaN·0 and ∞·0), in any row, and for sums longer than F's
+    rows (``steps`` 40 > 7), where F itself is checked."""
+    model = build_model(name, 3, 4)
+    x = torch.zeros(2, steps, 3)
+    with torch.no_grad():
+        state = model.initial_state(2)
+        for index in (0, state.F[0].numel() - 1):
+            broken = state.F.clone()
+            broken[1].view(-1)[index] = bad
+            with pytest.raises(ValueError, match="state.F: contains NaN or infinite"):
+                model(x, state._replace(F=broken))
+        model(x, state._replace(F=torch.full_like(state.F, 3e38)))  # huge but finite: accepted

@@ -102,9 +102,13 @@ class RecurrentModel(nn.Module):
             for shape in self._state_layout
         ))
 
-    def check_state(self, state: Any, batch_size: int, like: Tensor) -> None:
+    def check_state(
+        self, state: Any, batch_size: int, like: Tensor, *, unchecked: tuple[str, ...] = ()
+    ) -> None:
         """Raise a clear error unless ``state`` is this model's state for ``batch_size`` samples,
-        with ``like``'s dtype and device, and finite."""
+        with ``like``'s dtype and device, and finite. The finiteness of the fields named in
+        ``unchecked`` is left to the caller (a model that can check it more cheaply after the
+        step, with :func:`check_finite`)."""
         kind, fields = self.state_type.__name__, self.state_type._fields
         if not isinstance(state, tuple) or len(state) != len(fields):
             raise TypeError(f"state: expected a {kind}{fields}, got {type(state).__name__}")
@@ -124,8 +128,8 @@ class RecurrentModel(nn.Module):
                     f"state.{name}: expected {like.dtype} on {like.device}, "
                     f"got {got.dtype} on {got.device}"
                 )
-            if not all_finite(got):
-                raise ValueError(f"state.{name}: contains NaN or infinite values")
+            if name not in unchecked:
+                check_finite(f"state.{name}", got)
 
     def reset_state(self, state: NamedTuple, mask: Tensor, *, inplace: bool = False) -> NamedTuple:
         """``state`` with the samples where ``mask`` ``(B,)`` is nonzero set back to the initial
@@ -151,15 +155,18 @@ class RecurrentModel(nn.Module):
 
     # -- input checks -------------------------------------------------------------------------
 
-    def _prepare_input(self, x: Tensor, state: NamedTuple | None) -> tuple[Tensor, NamedTuple]:
-        """Validate ``x`` and ``state``; return ``x`` as ``(B, T, I)`` and a state to start from."""
+    def _prepare_input(
+        self, x: Tensor, state: NamedTuple | None, unchecked: tuple[str, ...] = ()
+    ) -> tuple[Tensor, NamedTuple]:
+        """Validate ``x`` and ``state``; return ``x`` as ``(B, T, I)`` and a state to start from.
+        ``unchecked``: as :meth:`check_state`'s."""
         check_sequence(x, self.input_size, self._parameter_like(), batch_first=self.batch_first)
         if not self.batch_first:
             x = x.transpose(0, 1)
         if state is None:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
         else:
-            self.check_state(state, x.shape[0], x)
+            self.check_state(state, x.shape[0], x, unchecked=unchecked)
         return x, state
 
     def _finish_output(self, output: Tensor) -> Tensor:
@@ -184,8 +191,13 @@ def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: boo
         raise TypeError(f"x: dtype {x.dtype} does not match the model's parameters ({like.dtype})")
     if x.device != like.device:
         raise ValueError(f"x: device {x.device} does not match the model's ({like.device})")
-    if not all_finite(x):
-        raise ValueError("x: contains NaN or infinite values")
+    check_finite("x", x)
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``tensor`` holds a NaN or an infinity."""
+    if not all_finite(tensor):
+        raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def all_finite(tensor: Tensor) -> bool:

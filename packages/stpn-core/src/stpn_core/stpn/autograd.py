@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from stpn_core.base import all_finite, check_finite
 from stpn_core.stpn import backend_c, backend_torch
-from stpn_core.stpn.loop import LoopConfig
+from stpn_core.stpn.loop import LoopConfig, Record
 
 if TYPE_CHECKING:
     from stpn_core.stpn.layer import STPN, STPNState
@@ -101,11 +102,14 @@ class _STPNSequence(torch.autograd.Function):
 
 
 def sequence(
-    layer: STPN, x: Tensor, state: STPNState, bptt_chunk: int | None = None
+    layer: STPN, x: Tensor, state: STPNState, bptt_chunk: int | None = None, *,
+    check_memory: bool = False,
 ) -> tuple[Tensor, STPNState]:
     """Run ``layer`` over ``x`` ``(B, T, I)`` from ``state``: ``(output (B, T, H), state)``.
 
     ``bptt_chunk``: keep only each chunk's starting state and recompute it in the backward.
+    ``check_memory``: raise ``ValueError`` naming ``state.F`` if it holds a NaN or an infinity
+    (:meth:`.STPN.forward` leaves that check here).
     """
     T = x.shape[1]
     chunk = T if bptt_chunk is None else min(T, bptt_chunk)
@@ -116,6 +120,23 @@ def sequence(
         # alone, without the autograd Function and what it saves.
         backend = backend_c if backend_c.usable(x, layer.weight) else backend_torch
         record = backend.forward(*tensors, LoopConfig.of(layer))
+        if check_memory and not (
+            backend is backend_c and _finite_from_sums(record, layer.weight.shape[1])
+        ):
+            check_finite("state.F", state.F)
         return record.out, type(state)(record.out[:, -1], record.F_final, None)
+    if check_memory:
+        check_finite("state.F", state.F)
     out, F = _STPNSequence.apply(LoopConfig.of(layer), chunk, *tensors)
     return out, type(state)(out[:, -1], F, None)
+
+
+def _finite_from_sums(record: Record, row: int) -> bool:
+    """Whether the run's sums ``S`` (``G_t v_t``, ``(B, T, H)``) show the starting memory
+    ``F_0`` finite, when they are fewer values than ``F_0`` (``T < row``: at a rollout step, one
+    per row of ``F_0``). Every row of ``G_0 = W + F_0`` enters ``S_0``, and a NaN or infinity
+    times anything (zero included) is non-finite, as is a sum holding one, so finite sums prove
+    ``F_0`` finite. Non-finite ones prove nothing (a sum may overflow, ``W`` or a later step may
+    hold the NaN): then ``F_0`` itself is checked. Only the C loop's sums serve: they multiply
+    every term, where a BLAS ``gemv`` (the torch loop's ``bmm``) may skip zero inputs."""
+    return record.S.shape[1] < row and all_finite(record.S)

@@ -269,18 +269,28 @@ class STPN(_STPNBase):
         self._fallback_warned: set[str] = set()
 
     def forward(self, x: Tensor, state: STPNState | None = None) -> tuple[Tensor, STPNState]:
-        x, state = self._prepare_input(x, state)
-        run = autograd.sequence if self._fused() else reference.sequence
+        fused, given = self._fused(), state is not None
+        # The fused loop checks a given memory F for NaN and infinity itself, where it can
+        # more cheaply after the run (autograd.sequence); the reference loop's is checked here.
+        x, state = self._prepare_input(x, state, unchecked=("F",) if fused else ())
         if self.bptt_mode == "checkpoint" or self.bptt_chunk is None:
-            output, state = run(self, x, state, self.bptt_chunk)
+            output, state = self._run(fused, x, state, self.bptt_chunk, check_memory=given)
             return self._finish_output(output), state
         outputs = []
         for t0 in range(0, x.shape[1], self.bptt_chunk):
             if t0 > 0:  # truncated BPTT: no gradient across the chunk boundary
                 state = type(state)(*(None if s is None else s.detach() for s in state))
-            out, state = run(self, x[:, t0 : t0 + self.bptt_chunk], state, None)
+            chunk = x[:, t0 : t0 + self.bptt_chunk]
+            out, state = self._run(fused, chunk, state, None, check_memory=given and t0 == 0)
             outputs.append(out)
         return self._finish_output(torch.cat(outputs, dim=1)), state
+
+    def _run(
+        self, fused: bool, x: Tensor, state: STPNState, chunk: int | None, check_memory: bool
+    ) -> tuple[Tensor, STPNState]:
+        if not fused:
+            return reference.sequence(self, x, state, chunk)
+        return autograd.sequence(self, x, state, chunk, check_memory=check_memory)
 
     def _fused(self) -> bool:
         """Whether this call runs the fused loop; warns once per reason when "auto" cannot
