@@ -1,4 +1,4 @@
-"""Baselines (RNN, LSTM, FastWeights, DifferentiablePlasticity, HebbFF) against plain per-sample
+"""Baselines (RNN, LSTM, FastWeights, DifferentiablePlasticity, HebbFF, MLP) against plain per-sample
 loops written from spec §3/§4.2, float64 gradcheck, state carry-over, layouts and bad input.
 
 Every option of every baseline appears in ``CASES``, so each runs through every check here.
@@ -10,6 +10,7 @@ import pytest
 import torch
 from stpn_core.baselines import (
     LSTM,
+    MLP,
     RNN,
     DifferentiablePlasticity,
     FastWeights,
@@ -39,6 +40,8 @@ CASES = [
     (HebbFF, {}),
     (HebbFF, {"bias": False}),
     (HebbFF, {"anti_hebbian": True}),
+    (MLP, {}),
+    (MLP, {"bias": False}),
 ]
 
 
@@ -127,12 +130,19 @@ def ref_hebbff(m, x, h, F):
     return (h_new, decay * F + rate * torch.outer(h_new, x)), energy
 
 
+def ref_mlp(m, x, h):
+    """No memory: the state ``h`` is not read."""
+    h_new = torch.tanh(m.weight @ x + (0 if m.bias is None else m.bias))
+    return (h_new,), (m.weight.abs() @ x**2).sum()
+
+
 REFERENCES = {
     RNN: ref_rnn,
     LSTM: ref_lstm,
     FastWeights: ref_fast_weights,
     DifferentiablePlasticity: ref_plasticity,
     HebbFF: ref_hebbff,
+    MLP: ref_mlp,
 }
 
 

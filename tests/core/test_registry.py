@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from stpn_core import STPN, STPNLinear
-from stpn_core.baselines import LSTM, RNN, DifferentiablePlasticity, FastWeights, HebbFF
+from stpn_core.baselines import LSTM, MLP, RNN, DifferentiablePlasticity, FastWeights, HebbFF
 from stpn_core.registry import (
     MODELS,
     PRESET_HEADS,
@@ -59,6 +59,7 @@ SPEC_COUNTS = {
         ("modplast", DifferentiablePlasticity, lambda m: m.mode == "neuromodulated"),
         ("plastic", DifferentiablePlasticity, lambda m: m.mode == "plastic"),
         ("hebbff", HebbFF, lambda m: True),
+        ("mlp", MLP, lambda m: True),
     ],
 )
 def test_build_every_model(name, cls, check):
@@ -72,6 +73,7 @@ def test_build_every_model(name, cls, check):
         "modplast",
         "plastic",
         "hebbff",
+        "mlp",
     }
 
 

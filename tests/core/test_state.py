@@ -20,6 +20,7 @@ EXPECTED_SHAPES = {  # written from each model's definition, not from the code u
     "modplast": {"h": (H,), "hebb": (H, H)},
     "plastic": {"h": (H,), "hebb": (H, H)},
     "hebbff": {"h": (H,), "F": (H, D_IN)},
+    "mlp": {"h": (H,)},
 }
 CASES = [(name, {}) for name in MODELS] + [("stpn", {"plastic_bias": True}),
                                            ("stpn", {"plastic_inputs": "input"})]

@@ -13,6 +13,8 @@ from stpn_core.baselines import (
     HebbFF,
     HebbFFState,
     LSTMState,
+    MLP,
+    MLPState,
     PlasticityState,
     RNNState,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "HebbFF",
     "HebbFFState",
     "LSTMState",
+    "MLP",
+    "MLPState",
     "PaperPreset",
     "PlasticityState",
     "RNNState",

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from stpn_core.base import RecurrentModel, check_positive_int
-from stpn_core.baselines import LSTM, RNN, DifferentiablePlasticity, FastWeights, HebbFF
+from stpn_core.baselines import (
+    LSTM,
+    MLP,
+    RNN,
+    DifferentiablePlasticity,
+    FastWeights,
+    HebbFF,
+)
 from stpn_core.stpn import STPN, STPNLinear
 
 _CLASSES: Mapping[str, type[RecurrentModel]] = MappingProxyType(
@@ -32,6 +39,7 @@ _CLASSES: Mapping[str, type[RecurrentModel]] = MappingProxyType(
         "modplast": DifferentiablePlasticity,
         "plastic": DifferentiablePlasticity,
         "hebbff": HebbFF,
+        "mlp": MLP,  # no memory: the floor of the partially observed tasks
     }
 )
 

@@ -9,9 +9,17 @@ A trial's configuration is the task's default configuration for the core
 - ``N_STEPS``: the rollout length per environment, which depends on the task: divisors of the
   maze's 200-step episode, short rollouts for Pong (the buffer keeps every step's state, and
   STPN's F is 64 x 2656 there), long ones for the single-environment pendulum.
-- ``HIDDEN_SIZE_FRACTION``: the core's number of units, from this fraction of the default
-  configuration's hidden size up to it. The defaults are parameter-matched (spec §3.7, e.g. 12.3k
-  on the maze), so every trial stays within the task's parameter budget.
+- ``STRUCTURE_SPACE``: the policy's structure: ``critic`` (how the value head gets its features,
+  :class:`~stpn_rl.policies.CorePolicy`) and the MLP heads between the core and the actor's and
+  the critic's linear outputs (``pi_head``, ``vf_head``, names of ``HEADS``, giving
+  ``net_arch``).
+- ``HIDDEN_SIZE_FRACTION``: the core's number of units, drawn from this fraction of the default
+  configuration's hidden size up to it. The parameter budget is the default configuration's
+  whole agent (core, heads and outputs; on the maze the defaults are parameter-matched, e.g.
+  12.3k). Heads and a ``separate`` critic (a second core) count toward it: where they would
+  take the agent over the budget, the hidden size drawn is lowered to the largest that fits
+  (:func:`fit_hidden_size`), so every trial has at most the default's parameters and a
+  structure costs the core units it needs.
 - ``STPN_SPACE``: for the STPN family (the cores taking these options: ``stpn``, ``stpn_scalar``,
   ``stpnf``, ``stpnf_scalar``), the initialisation of Λ (its uniform range) and Γ (its scale),
   and the clamp on the short-term memory F.
@@ -24,16 +32,25 @@ written).
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import json
 from typing import Any
 
 import optuna
 import stpn_core
+import torch
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
+
+from stpn_rl.policies import CRITIC_CHOICES, CorePolicy
+from stpn_rl.tasks import get_task, make_vec_env
+
+DEFAULT_CRITIC = inspect.signature(CorePolicy.__init__).parameters["critic"].default
 
 Trial = optuna.Trial | optuna.trial.FixedTrial
 
@@ -54,6 +71,15 @@ N_STEPS: dict[str, CategoricalDistribution] = {
     "inverted-pendulum-po": CategoricalDistribution([256, 512, 1024, 2048]),
 }
 N_STEPS_OTHER_TASKS = CategoricalDistribution([16, 32, 64, 128, 256])
+
+HEADS: dict[str, list[int]] = {"none": [], "64": [64], "64-64": [64, 64]}
+"""The MLP heads searched, by name: ``none`` puts the linear output on the core (the paper's)."""
+
+STRUCTURE_SPACE: dict[str, BaseDistribution] = {
+    "critic": CategoricalDistribution(list(CRITIC_CHOICES)),
+    "pi_head": CategoricalDistribution(list(HEADS)),
+    "vf_head": CategoricalDistribution(list(HEADS)),
+}
 
 HIDDEN_SIZE_FRACTION = 0.25
 """The smallest hidden size searched, as a fraction of the default (budget-matched) one."""
@@ -94,11 +120,70 @@ def hidden_size_bounds(default: int) -> tuple[int, int]:
     return max(1, round(default * HIDDEN_SIZE_FRACTION)), default
 
 
+@functools.lru_cache(maxsize=16)
+def _spaces(task: str, env_json: str) -> tuple[Any, Any]:
+    env = make_vec_env(task, 1, 0, **json.loads(env_json))
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def parameter_count(task: str, config: dict[str, Any]) -> int:
+    """Trainable parameters of the PPO agent ``config`` describes on ``task`` (its policy built
+    on the task's spaces; the global RNG is left as it was)."""
+    observation_space, action_space = _spaces(task, json.dumps(config["env"], sort_keys=True))
+    kwargs = get_task(task).policy_defaults | config["policy"]
+    with torch.random.fork_rng(devices=[]):
+        policy = CorePolicy(observation_space, action_space, lambda _: 0.0, **kwargs)
+    return sum(p.numel() for p in policy.parameters() if p.requires_grad)
+
+
+def fit_hidden_size(task: str, config: dict[str, Any], budget: int) -> int:
+    """The largest hidden size, at most ``config``'s, whose agent has at most ``budget``
+    parameters (the count grows with the hidden size, so a bisection finds it);
+    ``ValueError`` if even one unit is over the budget."""
+    def fits(hidden_size: int) -> bool:
+        policy = config["policy"] | {"hidden_size": hidden_size}
+        return parameter_count(task, config | {"policy": policy}) <= budget
+
+    low, high = 1, config["policy"]["hidden_size"]
+    if fits(high):
+        return high
+    if not fits(low):
+        raise ValueError(
+            f"policy: critic {config['policy'].get('critic')!r} with net_arch "
+            f"{config['policy'].get('net_arch')} is over the budget of {budget} parameters"
+        )
+    while high - low > 1:  # fits(low) and not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def head_names(net_arch: list[int] | dict[str, list[int]] | None) -> tuple[str, str] | None:
+    """``net_arch`` as the names of its actor's and critic's heads in ``HEADS``; ``None`` if a
+    head is not one of them."""
+    arch = net_arch or []
+    pi, vf = (arch.get("pi", []), arch.get("vf", [])) if isinstance(arch, dict) else (arch, arch)
+    names = {tuple(layers): name for name, layers in HEADS.items()}
+    pi_name, vf_name = names.get(tuple(pi)), names.get(tuple(vf))
+    return None if pi_name is None or vf_name is None else (pi_name, vf_name)
+
+
+def net_arch(pi_head: str, vf_head: str) -> list[int] | dict[str, list[int]]:
+    """The ``net_arch`` of two named heads: a list where they are the same, as SB3 reads it."""
+    if pi_head == vf_head:
+        return list(HEADS[pi_head])
+    return {"pi": list(HEADS[pi_head]), "vf": list(HEADS[vf_head])}
+
+
 def search_space(task: str, core: str, base: dict[str, Any]) -> dict[str, BaseDistribution]:
     """Every searched hyper-parameter of ``core`` on ``task`` and its distribution; ``base`` is
     the default configuration, whose hidden size bounds the searched ones."""
     low, high = hidden_size_bounds(base["policy"]["hidden_size"])
     space = {"n_steps": N_STEPS.get(task, N_STEPS_OTHER_TASKS), **PPO_SPACE}
+    space |= STRUCTURE_SPACE
     space["hidden_size"] = IntDistribution(low, high, log=True)
     return space | (STPN_SPACE if is_stpn_core(core) else {})
 
@@ -132,6 +217,11 @@ def default_params(task: str, core: str, base: dict[str, Any]) -> dict[str, Any]
     params = {name: ppo[name] for name in names}
     params["n_minibatches"] = ppo["n_steps"] * base["n_envs"] // ppo["batch_size"]
     params["hidden_size"] = policy["hidden_size"]
+    heads = head_names(policy.get("net_arch"))
+    if heads is None:
+        return None
+    params |= {"critic": policy.get("critic", DEFAULT_CRITIC), "pi_head": heads[0]}
+    params["vf_head"] = heads[1]
     if is_stpn_core(core):
         # The core's own values, whether the configuration sets them or leaves its defaults.
         core_model = stpn_core.build_model(core, 1, 1, **policy.get("core_options", {}))
@@ -147,7 +237,8 @@ def default_params(task: str, core: str, base: dict[str, Any]) -> dict[str, Any]
 
 def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> dict[str, Any]:
     """A deep copy of ``base`` (a :func:`~stpn_rl.config.load_config` dict) with the trial's
-    hyper-parameters in it."""
+    hyper-parameters in it, its hidden size lowered where the structure drawn needs it to stay
+    within ``base``'s parameters (:func:`fit_hidden_size`)."""
     values = {
         name: suggest(trial, name, distribution)
         for name, distribution in search_space(task, core, base).items()
@@ -159,6 +250,8 @@ def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> d
     config["ppo"]["batch_size"] = max(2, rollout // config["ppo"].pop("n_minibatches"))
     policy = config["policy"]
     policy["hidden_size"] = values["hidden_size"]
+    policy["critic"] = values["critic"]
+    policy["net_arch"] = net_arch(values["pi_head"], values["vf_head"])
     if is_stpn_core(core):
         low = values["lambda_init_low"]
         policy["core_options"] = {
@@ -167,4 +260,5 @@ def sample_config(trial: Trial, base: dict[str, Any], task: str, core: str) -> d
             "gamma_init_scale": values["gamma_init_scale"],
             "clamp": values["clamp"],
         }
+    policy["hidden_size"] = fit_hidden_size(task, config, parameter_count(task, base))
     return config
