@@ -1,5 +1,6 @@
-"""Baselines (RNN, LSTM, FastWeights, DifferentiablePlasticity, HebbFF, MLP) against plain per-sample
-loops written from spec §3/§4.2, float64 gradcheck, state carry-over, layouts and bad input.
+"""Baselines (RNN, LSTM, FastWeights, DifferentiablePlasticity, HebbFF, MLP) against plain
+per-sample loops written from spec §3/§4.2, float64 gradcheck, state carry-over, layouts and bad
+input.
 
 Every option of every baseline appears in ``CASES``, so each runs through every check here.
 """

@@ -122,7 +122,9 @@ def test_trials_complete_write_results_and_a_rerun_continues_the_study(tiny_conf
     best = load(out).best_trial
     config = load_config("maze", "stpn", out / "best.yaml")  # what `train --config` reads
     assert config["ppo"]["learning_rate"] == best.params["learning_rate"]
-    assert config["policy"]["hidden_size"] == best.params["hidden_size"]
+    # A separate critic's second core may lower the hidden size drawn, to stay within budget.
+    assert config["policy"]["hidden_size"] <= best.params["hidden_size"]
+    assert config["policy"]["critic"] == best.params["critic"]
     assert config["policy"]["core_options"]["gamma_init_scale"] == best.params["gamma_init_scale"]
     assert config["env"] == load_config("maze", "stpn", tiny_config)["env"]
 

@@ -6,6 +6,7 @@
 from stpn_core.base import RecurrentModel
 from stpn_core.baselines import (
     LSTM,
+    MLP,
     RNN,
     DifferentiablePlasticity,
     FastWeights,
@@ -13,7 +14,6 @@ from stpn_core.baselines import (
     HebbFF,
     HebbFFState,
     LSTMState,
-    MLP,
     MLPState,
     PlasticityState,
     RNNState,

@@ -15,6 +15,13 @@ Profiles (maze, ``algo: a2c-bptt``, the paper's algorithm with 200-step episodes
 (6.4·10⁶ agent-steps), sized to finish within 30 minutes on a 2-core CPU; ``paper`` is the
 paper's protocol, 50 000 episodes of 512 agents (5.12·10⁹ agent-steps) per core and seed, three
 seeds.
+
+Profiles (``inverted-pendulum-po``, RecurrentPPO with the task's settings): the cores lstm, rnn,
+stpn, stpnf (the paper's STPNf, clamp 0.1) and mlp (no memory: the floor), each from
+``configs/inverted-pendulum-po/tuned-<core>.yaml`` where a sweep left one there, else from the
+task's configuration; then the fully observed ``inverted-pendulum`` at the same budget as a
+sanity row. ``quick`` is one seed at a budget that fits about 15 minutes on a 2-core CPU (the
+sanity row for the STPN only); ``paper`` is 10⁶ steps, three seeds, every core on both tasks.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +37,7 @@ import numpy as np
 import torch
 from stpn_core.cli import ArgumentParser, run_command
 
-from stpn_rl.config import load_config, merge
+from stpn_rl.config import config_dir, load_config, merge
 from stpn_rl.envs import MazeOptions
 from stpn_rl.train import train
 
@@ -45,9 +52,18 @@ class Profile:
     episodes: int
     n_envs: int
     evaluation_episodes: int
+    timesteps: int | None = None
+    """Environment steps per run where episodes have no fixed length (``None``: ``episodes``
+    of ``n_envs`` agents)."""
+    sanity_task: str | None = None
+    """A task trained at the same budget for a sanity row (the fully observed pendulum)."""
+    sanity_cores: tuple[str, ...] = ()
+    config_changes: dict[str, Any] = field(default_factory=dict)
+    """Changes to every run's configuration (e.g. shorter rollouts)."""
 
 
 MAZE_CORES = ("stpn", "lstm", "rnn", "modplast")
+PENDULUM_CORES = ("lstm", "rnn", "stpn", "stpnf", "mlp")
 PROFILES: dict[str, dict[str, Profile]] = {
     "maze": {
         # 200 episodes of 64 agents per core took 6.2 min of CPU (reproduce, evaluations
@@ -57,21 +73,33 @@ PROFILES: dict[str, dict[str, Profile]] = {
                          evaluation_episodes=256),
         "paper": Profile("a2c-bptt", MAZE_CORES, (0, 1, 2), episodes=50_000, n_envs=512,
                          evaluation_episodes=512),
-    }
+    },
+    "inverted-pendulum-po": {
+        # One 2048-step rollout and its 10 epochs take about 5 s (stpn) on an idle 2-core CPU.
+        "quick": Profile("ppo", PENDULUM_CORES, (0,), episodes=0, n_envs=1,
+                         evaluation_episodes=10, timesteps=40_960,
+                         sanity_task="inverted-pendulum", sanity_cores=("stpn",)),
+        "paper": Profile("ppo", PENDULUM_CORES, (0, 1, 2), episodes=0, n_envs=1,
+                         evaluation_episodes=10, timesteps=1_000_000,
+                         sanity_task="inverted-pendulum", sanity_cores=PENDULUM_CORES),
+    },
 }
 
 
 def run_config(task: str, core: str, profile: Profile) -> dict[str, Any]:
     """The configuration of ``core``'s runs: the packaged one for the profile's algorithm, at
-    the profile's budget, with a checkpoint every 50 episodes (a stopped reproduction loses at
-    most those)."""
-    config = load_config(task, core, algo=profile.algo)
+    the profile's budget (a sweep's ``tuned-<core>.yaml`` where there is one); maze runs
+    checkpoint every 50 episodes (a stopped reproduction loses at most those)."""
+    tuned = config_dir(task) / f"tuned-{core}.yaml"
+    config = load_config(task, core, tuned if tuned.is_file() else None, algo=profile.algo)
+    config = merge(config, profile.config_changes)
+    budget = {"n_envs": profile.n_envs, "evaluation": {"episodes": profile.evaluation_episodes}}
+    if profile.timesteps is not None:
+        return merge(config, budget | {"total_timesteps": profile.timesteps})
     episode = profile.n_envs * MazeOptions.from_mapping(config["env"]).episode_length
-    return merge(config, {
-        "n_envs": profile.n_envs,
+    return merge(config, budget | {
         "total_timesteps": profile.episodes * episode,
         "checkpoint_freq": 50 * episode,
-        "evaluation": {"episodes": profile.evaluation_episodes},
     })
 
 
@@ -94,25 +122,38 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def reproduce(task: str, profile: Profile, out: Path) -> str:
-    """Train and evaluate every run of ``profile`` (skipping finished ones) and return the
-    table; write the ``stpn_analysis`` report too where it is installed."""
+def train_runs(task: str, cores: Sequence[str], profile: Profile, out: Path) -> list[dict]:
+    """Train and evaluate ``cores`` on ``task`` for every seed of ``profile`` (finished runs
+    are skipped); their ``metrics.json`` records."""
     rows = []
     for seed in profile.seeds:
-        for core in profile.cores:
+        for core in cores:
             config = run_config(task, core, profile)
             run_dir = train(task, core, config, seed=seed, out=out, progress_bar=False)
             rows.append(json.loads((run_dir / "metrics.json").read_text()))
             print(f"{task}/{core} seed {seed}: mean reward {rows[-1]['mean_reward']:.2f} "
                   f"after {rows[-1]['timesteps']} agent-steps -> {run_dir}", flush=True)
-    table = format_rows(rows)
+    return rows
+
+
+def reproduce(task: str, profile: Profile, out: Path) -> str:
+    """Train and evaluate every run of ``profile`` (skipping finished ones), then its sanity
+    runs, and return the tables; write the ``stpn_analysis`` reports too where it is
+    installed."""
+    parts = [(task, profile.cores)]
+    if profile.sanity_task is not None:
+        parts.append((profile.sanity_task, profile.sanity_cores))
+    tables = [(name, format_rows(train_runs(name, cores, profile, out))) for name, cores in parts]
     try:
         from stpn_analysis import write_report
     except ImportError:
-        return table
-    paths = write_report(out / task)
-    figures = sorted(str(path) for name, path in paths.items() if not name.startswith("summary"))
-    return table + "\n\nfigures: " + ", ".join(figures)
+        return "\n\n".join(f"{name}:\n{table}" for name, table in tables)
+    texts = []
+    for name, table in tables:
+        paths = write_report(out / name)
+        figures = sorted(str(path) for key, path in paths.items() if not key.startswith("summary"))
+        texts.append(f"{name}:\n{table}\n\nfigures: " + ", ".join(figures))
+    return "\n\n".join(texts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -122,9 +163,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/rl"))
     parser.add_argument("--episodes", type=int, default=None,
                         help="episodes per run instead of the profile's (equal for every core)")
+    parser.add_argument("--timesteps", type=int, default=None,
+                        help="environment steps per run instead of the profile's, for the "
+                             "pendulum (equal for every core)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     args = parser.parse_args(argv)
     profile = PROFILES[args.task][args.profile]
+    if (args.episodes is not None and profile.timesteps is not None) or (
+        args.timesteps is not None and profile.timesteps is None
+    ):
+        flag = "--episodes" if args.episodes is not None else "--timesteps"
+        parser.error(f"{flag}: not a budget of task {args.task!r}; "
+                     f"use {'--timesteps' if flag == '--episodes' else '--episodes'}")
+    if args.timesteps is not None:
+        if args.timesteps < 1:
+            parser.error(f"--timesteps: expected a positive integer, got {args.timesteps}")
+        profile = replace(profile, timesteps=args.timesteps)
     if args.episodes is not None:
         if args.episodes < 1:
             parser.error(f"--episodes: expected a positive integer, got {args.episodes}")

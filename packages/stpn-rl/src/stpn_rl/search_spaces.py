@@ -12,7 +12,8 @@ A trial's configuration is the task's default configuration for the core
 - ``STRUCTURE_SPACE``: the policy's structure: ``critic`` (how the value head gets its features,
   :class:`~stpn_rl.policies.CorePolicy`) and the MLP heads between the core and the actor's and
   the critic's linear outputs (``pi_head``, ``vf_head``, names of ``HEADS``, giving
-  ``net_arch``).
+  ``net_arch``); only the heads that fit the budget at all are searched
+  (:func:`affordable_heads`: on a tiny configuration, none).
 - ``HIDDEN_SIZE_FRACTION``: the core's number of units, drawn from this fraction of the default
   configuration's hidden size up to it. The parameter budget is the default configuration's
   whole agent (core, heads and outputs; on the maze the defaults are parameter-matched, e.g.
@@ -178,12 +179,28 @@ def net_arch(pi_head: str, vf_head: str) -> list[int] | dict[str, list[int]]:
     return {"pi": list(HEADS[pi_head]), "vf": list(HEADS[vf_head])}
 
 
+def affordable_heads(task: str, base: dict[str, Any], hidden_size: int) -> list[str]:
+    """The names of ``HEADS`` that fit ``base``'s budget on both the actor and the critic of a
+    ``separate`` critic with ``hidden_size`` units (the costliest structure at the smallest
+    hidden size searched), so that every structure drawn fits with some hidden size."""
+    budget = parameter_count(task, base)
+    worst = {"hidden_size": hidden_size, "critic": "separate"}
+    return [
+        name
+        for name, layers in HEADS.items()
+        if not layers
+        or parameter_count(task, base | {"policy": base["policy"] | worst | {"net_arch": layers}})
+        <= budget
+    ]
+
+
 def search_space(task: str, core: str, base: dict[str, Any]) -> dict[str, BaseDistribution]:
     """Every searched hyper-parameter of ``core`` on ``task`` and its distribution; ``base`` is
     the default configuration, whose hidden size bounds the searched ones."""
     low, high = hidden_size_bounds(base["policy"]["hidden_size"])
     space = {"n_steps": N_STEPS.get(task, N_STEPS_OTHER_TASKS), **PPO_SPACE}
-    space |= STRUCTURE_SPACE
+    heads = CategoricalDistribution(affordable_heads(task, base, low))
+    space |= STRUCTURE_SPACE | {"pi_head": heads, "vf_head": heads}
     space["hidden_size"] = IntDistribution(low, high, log=True)
     return space | (STPN_SPACE if is_stpn_core(core) else {})
 
