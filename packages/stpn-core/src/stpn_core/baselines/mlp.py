@@ -8,7 +8,6 @@ carries one (RecurrentPPO allocates state slots from it), and never read back.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -34,8 +33,8 @@ class MLP(RecurrentModel):
         bias: learn the bias ``b`` ``(H,)``.
         batch_first: inputs and outputs are ``(B, T, ·)`` (default) rather than ``(T, B, ·)``.
 
-    Parameters: ``weight`` ``(H, I)`` and ``bias`` ``(H,)``, drawn from ``U(±1/√I)`` as
-    ``nn.Linear`` does. Energy: ``e_t = Σ_ij |W_ij| x_tj²`` (:func:`synaptic_energy`).
+    Parameters: ``linear``, an ``nn.Linear(I, H)`` (``W`` and ``b``, with its initialisation).
+    Energy: ``e_t = Σ_ij |W_ij| x_tj²`` (:func:`synaptic_energy`).
     """
 
     state_type = MLPState
@@ -53,24 +52,10 @@ class MLP(RecurrentModel):
         super().__init__()
         input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
         self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
-        factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.bias = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """``U(±1/√I)`` for the weight and the bias, ``nn.Linear``'s initialisation."""
-        bound = 1.0 / math.sqrt(self.input_size)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            if self.bias is not None:
-                self.bias.uniform_(-bound, bound)
+        self.linear = nn.Linear(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.input_size}, {self.hidden_size}, bias={self.bias is not None}, "
-            f"batch_first={self.batch_first}"
-        )
+        return f"batch_first={self.batch_first}"
 
     def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
         return {"h": (self.hidden_size,)}
@@ -79,12 +64,12 @@ class MLP(RecurrentModel):
         """``x`` ``(B, T, I)`` -> every ``h_t`` ``(B, T, H)`` and the final :class:`MLPState`;
         ``state`` is checked but does not change the output."""
         x, _ = self._prepare_input(x, state)
-        output = torch.tanh(nn.functional.linear(x, self.weight, self.bias))
+        output = torch.tanh(self.linear(x))
         return self._finish_output(output), MLPState(output[:, -1])
 
     def energy(self, x: Tensor, state: MLPState | None = None) -> Tensor:
         """Energy of every step ``(B, T)``, summed over units."""
         with torch.no_grad():
             x, _ = self._prepare_input(x, state)
-            per_unit = synaptic_energy(self.weight, x.reshape(-1, self.input_size))
+            per_unit = synaptic_energy(self.linear.weight, x.reshape(-1, self.input_size))
             return per_unit.sum(dim=-1).view(x.shape[0], x.shape[1])
