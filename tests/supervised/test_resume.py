@@ -123,6 +123,7 @@ def test_truncated_last_checkpoint_is_reported_and_the_previous_one_used(
         reproduce("tiny", out=out, data_dir=data)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and _epoch_of(last) == 2
+    assert (run / "checkpoints" / "last.ckpt.unreadable").is_file()  # kept aside, not reused
     log = pd.read_csv(run / "logs" / "metrics.csv")
     assert list(log.dropna(subset=["val/acc"])["epoch"]) == [0, 1, 2]
 

@@ -114,11 +114,13 @@ class EpochLine(Callback):
 
 
 def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint to resume from in ``folder`` and its content (loaded on the CPU, so that a
-    run trained on a GPU resumes anywhere), or ``None`` when there is none.
+    """The checkpoint to resume from in ``folder`` and its epoch and step (loaded on the CPU, so
+    that a run trained on a GPU resumes anywhere), or ``None`` when there is none.
 
-    ``last.ckpt`` first, then the other checkpoints, newest first: an unreadable one is reported
-    with a warning naming it and the next is tried."""
+    ``last.ckpt`` first, then the other checkpoints, newest first. An unreadable one is reported
+    with a warning naming it, renamed to ``<name>.unreadable`` (so that neither a later resume
+    nor the analysis trips on it again) and the next is tried. Call it only as the folder's
+    writer."""
     if not folder.is_dir():
         return None
     others = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST),
@@ -129,9 +131,11 @@ def find_resume_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]] | None:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
             return path, {"epoch": checkpoint["epoch"], "global_step": checkpoint["global_step"]}
         except UNREADABLE as error:
+            aside = path.with_name(f"{path.name}.unreadable")
+            path.replace(aside)
             warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: "
-                          f"{' '.join(str(error).split())[:200]}); trying the previous one",
-                          stacklevel=2)
+                          f"{' '.join(str(error).split())[:200]}); moved to {aside.name}, "
+                          "trying the previous one", stacklevel=2)
     return None
 
 
