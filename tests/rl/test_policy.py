@@ -176,3 +176,29 @@ def test_energy_comes_from_the_steps_the_policy_ran(name: str) -> None:
         _, state = adapter.core(x[:, t : t + 1], state)
     torch.testing.assert_close(adapter.energy, torch.cat(want, dim=1).reshape(-1))
     assert adapter.energy.min() > 0
+
+
+@pytest.mark.parametrize("name", ["stpn", "lstm"])
+def test_rollout_steps_reusing_the_state_match_unpacked_slots(name: str) -> None:
+    """Without gradients, slots given straight back reuse the previous call's state: the steps
+    must equal those from copies of the slots, the outputs the caller keeps must not change,
+    and slots changed in place must be read, not the kept state."""
+    core = stpn_core.build_model(name, 5, 3)
+    reusing, copying = RecurrentCore(core), RecurrentCore(core)
+    x = torch.randn(6, 4, 5)
+    starts = torch.zeros(6, 4)
+    starts[2, 1] = starts[4, 3] = 1.0
+    kept = []
+    with torch.no_grad():
+        slots = copied = reusing.pack(core.initial_state(4))
+        for t in range(6):
+            out, slots = reusing(x[t], slots, starts[t])
+            want, copied = copying(x[t], tuple(s.clone() for s in copied), starts[t])
+            assert torch.equal(out, want)
+            assert all(torch.equal(a, b) for a, b in zip(slots, copied, strict=True))
+            kept.append((out, out.clone()))
+        assert all(torch.equal(out, copy) for out, copy in kept)
+        slots[1].zero_()
+        got, _ = reusing(x[0], slots, starts[0])
+        want, _ = copying(x[0], tuple(s.clone() for s in slots), starts[0])
+    assert torch.equal(got, want)

@@ -32,7 +32,9 @@ class RecurrentCore(nn.Module):
     ``hidden_size`` here is the width of each LSTM-shaped state slot (half the core's flattened
     state, rounded up), which is what RecurrentPPO allocates; the core's own number of units is
     ``core.hidden_size``. Each call copies the state once on the way in (into fresh contiguous
-    fields, which the reset then changes in place) and once on the way out (into the slots).
+    fields, which the reset then changes in place) and once on the way out (into the slots),
+    except that a call without gradients given back the very slots the previous one returned,
+    unchanged (a rollout step), starts from that call's own state instead of a copy of it.
 
     With ``measure_energy`` set, every call also leaves the energy of each step it ran (summed
     over units, from the state at the start of the step; ``(n_seq * T,)``) in :attr:`energy`,
@@ -49,6 +51,8 @@ class RecurrentCore(nn.Module):
         self.hidden_size = math.ceil(self.state_size / 2)
         self.measure_energy = False
         self.energy: Tensor | None = None
+        # The slots the last call without gradients returned, their versions, and its state.
+        self._last: tuple[tuple[Tensor, Tensor], tuple[int, int], NamedTuple] | None = None
         # Where each field lies in the flat state: its shape and runs in the two slots.
         self._fields: list[tuple[tuple[int, ...], list[tuple[int, ...]]] | None] = []
         offset = 0
@@ -108,7 +112,7 @@ class RecurrentCore(nn.Module):
         steps = x.shape[1]
         cuts = set(torch.nonzero(starts.any(dim=0)).flatten().tolist())
         bounds = sorted({0, steps, *cuts})
-        state = self.unpack(slots)
+        state = self._state_in(slots)
         outputs, energies = [], []
         for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
             if begin in cuts:  # the unpacked state is ours to change; a core's output is not
@@ -120,7 +124,29 @@ class RecurrentCore(nn.Module):
         if self.measure_energy:
             self.energy = torch.cat(energies, dim=1).reshape(n_seq * steps)
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-        return output.reshape(n_seq * steps, -1), self.pack(state)
+        packed = self.pack(state)
+        if not torch.is_grad_enabled():
+            self._last = packed, (packed[0]._version, packed[1]._version), state
+        return output.reshape(n_seq * steps, -1), packed
+
+    def _state_in(self, slots: tuple[Tensor, Tensor]) -> NamedTuple:
+        """The state held in ``slots``, as fresh fields the caller may change in place.
+
+        A rollout passes back the slots the last call returned: when these are those very
+        tensors, unchanged since (same versions), that call's state is used as it is (skipping
+        a copy of the whole state per step) except for fields that are views, which may share
+        memory with an output the caller holds (the STPN's ``h`` is its last output step) and
+        are copied. Any other slots are unpacked.
+        """
+        last, self._last = self._last, None
+        if last is not None and all(
+            given is kept and given._version == version
+            for given, kept, version in zip(slots, last[0], last[1], strict=True)
+        ):
+            return type(last[2])(*(
+                None if t is None else t.clone() if t._base is not None else t for t in last[2]
+            ))
+        return self.unpack(slots)
 
 
 class SmallAtariCNN(BaseFeaturesExtractor):
