@@ -1,5 +1,5 @@
 """Shared pytest setup: one torch thread per test process, since small models run faster and far
-more steadily that way on this 2-core machine (architecture.md), and each test is seeded."""
+more steadily that way on this 2-core machine (docs/architecture.md §9), and each test is seeded."""
 
 import pytest
 import torch

@@ -1,6 +1,6 @@
 """Baselines (RNN, LSTM, FastWeights, DifferentiablePlasticity, HebbFF, MLP) against plain
-per-sample loops written from spec §3/§4.2, float64 gradcheck, state carry-over, layouts and bad
-input.
+per-sample loops written from docs/model.md §3/§4.2, float64 gradcheck, state carry-over, layouts
+and bad input.
 
 Every option of every baseline appears in ``CASES``, so each runs through every check here.
 """
@@ -72,7 +72,7 @@ def random_state(model, batch):
     )
 
 
-# -- plain per-sample references, one step at a time, from the spec's equations --------------
+# -- plain per-sample references, one step at a time, from the equations of docs/model.md §3 --
 
 
 def ref_rnn(m, x, h):

@@ -1,5 +1,5 @@
-"""Baselines: energies worked out by hand on tiny inputs (spec §4.2), initialisation (spec §1.2,
-§2.2, §3) and the behaviour each option stands for."""
+"""Baselines: energies worked out by hand on tiny inputs (docs/model.md §4.2), initialisation
+(docs/model.md §1.2, §2.2, §3) and the behaviour each option stands for."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from stpn_core.registry import (
 
 INPUTS = {"ar": 37, "maze": 17}
 
-# Spec §3.7: trainable parameters of the paper's configurations, task heads included.
+# docs/model.md §3.7: trainable parameters of the paper's configurations, task heads included.
 SPEC_COUNTS = {
     "ar": {
         "stpn": 2039,

@@ -13,7 +13,8 @@ DOUBLE = torch.float64
 
 
 def plain_stpn(model: STPN, x: torch.Tensor, h: torch.Tensor, F: torch.Tensor, Fb=None):
-    """An independent plain loop over samples and steps, written from spec §1 with 2-D matrices.
+    """An independent plain loop over samples and steps, written from docs/model.md §1 with 2-D
+    matrices.
 
     Returns the outputs ``(B, T, H)`` and the final ``(h, F, Fb)``.
     """
@@ -366,7 +367,7 @@ def test_energy_shape_no_grad_and_start_of_step():
 
 def test_learns_two_pair_associative_recall():
     """A small STPN learns 2-pair retrieval ``k1 v1 k2 v2 ? ? q -> v(q)`` over the 37-symbol
-    vocabulary of spec §5.1 (26 letters, 10 digits, '?') to ≥ 90% (chance 10%)."""
+    vocabulary of docs/model.md §5.1 (26 letters, 10 digits, '?') to ≥ 90% (chance 10%)."""
     generator = torch.Generator().manual_seed(0)
 
     def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ def test_config_is_the_paper_preset_at_its_budget(name: str) -> None:
     assert config["model"]["hidden_size"] == preset.hidden_size
     assert config["model"]["model_options"] == dict(preset.options)
     module = SequenceClassifier(**config["model"])
-    assert 1900 <= module.num_parameters <= 2100  # spec §3.7: about 2.0k, read-out included
+    # docs/model.md §3.7: about 2.0k, read-out included
+    assert 1900 <= module.num_parameters <= 2100
     assert config["data"]["num_pairs"] == 3 and config["trainer"]["max_epochs"] == 200
 
 

@@ -1,4 +1,4 @@
-"""The figures of spec §9.2, drawn from loaded runs; each ``plot_*`` returns a ``Figure``.
+"""The figures of docs/model.md §9.2, drawn from loaded runs; each ``plot_*`` returns a ``Figure``.
 
 Figures are built with ``matplotlib.figure.Figure`` rather than ``pyplot``: that draws headless
 (Agg canvas) on any machine, keeps no global figure state in long report runs, and leaves a
@@ -23,7 +23,7 @@ from stpn_core.files import atomic_path
 from stpn_analysis.runs import Run, load_plasticity
 from stpn_analysis.tables import summarise
 
-# Spec §9.2 fixes the first five; the rest stay clear of them.
+# docs/model.md §9.2 fixes the first five; the rest stay clear of them.
 MODEL_COLOURS = {
     "stpn": "dodgerblue", "stpnr": "royalblue", "stpnf": "blueviolet", "lstm": "brown",
     "rnn": "red", "stpn_scalar": "deepskyblue", "stpnf_scalar": "mediumpurple",
@@ -40,8 +40,8 @@ REFERENCE_STYLES = {"random": ("grey", "--"), "oracle": ("black", ":")}
 
 
 def model_colour(model: str) -> str:
-    """The model's colour: the spec's for known names, else a fixed pick from ``tab20`` by a
-    hash of the name, so that it is the same in every figure and every report."""
+    """The model's colour: those of docs/model.md §9.2 for known names, else a fixed pick from
+    ``tab20`` by a hash of the name, so that it is the same in every figure and every report."""
     key = model.lower().replace("-", "_")
     if key in MODEL_COLOURS:
         return MODEL_COLOURS[key]

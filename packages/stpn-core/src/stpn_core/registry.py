@@ -1,4 +1,5 @@
-"""Every model by name, parameter counting, and the paper's budget-matched presets (spec §3.7).
+"""Every model by name, parameter counting, and the paper's budget-matched presets (docs/model.md
+§3.7).
 
 The paper compares models at equal parameter count, task heads included, so this module builds
 any model from a name, counts its trainable parameters and finds the hidden size that meets a
@@ -173,7 +174,7 @@ class PaperPreset(NamedTuple):
 
 _PRESETS: Mapping[str, Mapping[str, PaperPreset]] = MappingProxyType(
     {
-        # Spec §3.7 and §5.4: input 37, one head Linear(H, 37); about 2.0k parameters each.
+        # docs/model.md §3.7 and §5.4: input 37, one head Linear(H, 37); about 2.0k parameters each.
         "ar": {
             "stpn": PaperPreset("stpn", 11, {}),
             "rnn": PaperPreset("rnn", 20, {}),
@@ -185,7 +186,7 @@ _PRESETS: Mapping[str, Mapping[str, PaperPreset]] = MappingProxyType(
             "stpnf": PaperPreset("stpnf", 13, {}),
             "stpnf_scalar": PaperPreset("stpnf_scalar", 26, {}),
         },
-        # Spec §3.7 and §6.3: input 17, heads Linear(H, 4) and Linear(H, 1); about 12.3k
+        # docs/model.md §3.7 and §6.3: input 17, heads Linear(H, 4) and Linear(H, 1); about 12.3k
         # parameters for the main models, about 4.3k for the ablations.
         "maze": {
             "stpn": PaperPreset("stpn", 55, {"norm_timing": "post", "clamp": 1.0}),
@@ -224,9 +225,9 @@ def paper_preset(task: str, model: str) -> PaperPreset:
     """Hidden size and options of the paper's ``model`` for ``task`` (``"ar"``, ``"maze"`` or
     ``"familiarity"``).
 
-    Sizes are the paper's budget-matched ones (spec §3.7). The STPN presets use the textbook
-    presynaptic vector ``[x_t; h_{t-1}]`` (spec §1.5) and every known artefact of the original
-    code is left out (spec §10).
+    Sizes are the paper's budget-matched ones (docs/model.md §3.7). The STPN presets use the
+    textbook presynaptic vector ``[x_t; h_{t-1}]`` (docs/model.md §1.5) and every known artefact of
+    the original code is left out (docs/model.md §10).
     """
     if task not in _PRESETS:
         raise ValueError(f"task: expected one of {', '.join(_PRESETS)}; got {task!r}")

@@ -1,4 +1,4 @@
-"""Evaluate a trained agent: episode rewards and the energy its core spends (spec §4).
+"""Evaluate a trained agent: episode rewards and the energy its core spends (docs/model.md §4).
 
 ``python -m stpn_rl.evaluate RUN_DIR [--episodes N] [--deterministic]`` writes ``eval.json`` in
 the run directory.

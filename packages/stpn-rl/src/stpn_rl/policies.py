@@ -150,7 +150,7 @@ class RecurrentCore(nn.Module):
 
 
 class SmallAtariCNN(BaseFeaturesExtractor):
-    """The paper's Atari torso (spec §7.1): Conv(C→16, k8, s4), Conv(16→32, k4, s2), ReLUs.
+    """The paper's Atari torso (docs/model.md §7.1): Conv(C→16, k8, s4), Conv(16→32, k4, s2), ReLUs.
 
     On 84×84 frames it gives 32×9×9 = 2 592 features, which feed the recurrent core directly.
     """

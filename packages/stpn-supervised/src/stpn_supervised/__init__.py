@@ -1,4 +1,4 @@
-"""Associative retrieval (spec §5) and continual familiarity detection with STPN and its
+"""Associative retrieval (docs/model.md §5) and continual familiarity detection with STPN and its
 baselines on PyTorch Lightning.
 
     from stpn_supervised import AssociativeRetrievalDataModule, SequenceClassifier

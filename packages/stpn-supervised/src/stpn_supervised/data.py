@@ -1,15 +1,15 @@
-"""The associative retrieval task (spec §5.1) as a ``LightningDataModule``.
+"""The associative retrieval task (docs/model.md §5.1) as a ``LightningDataModule``.
 
 A sequence ``k1 v1 … kn vn ? ? q`` shows ``n`` key–value pairs (distinct letters, digits drawn
 with replacement), then asks for the value of one of the keys. Answering needs a memory that
 binds each key to its value within the sequence, which is what short-term plasticity provides.
 
-Fixes against the original code (spec §10, items 13–15): each split is generated from its own
-seeded stream and cached under a key of every generation parameter and the seed (the original
-keyed the cache by size only, so every seed reused the first data set), generation is vectorised
-and NumPy 2 compatible, the training set is reshuffled every epoch and no evaluation sample is
-dropped. Splits are drawn independently, like the original, so a handful of sequences can occur
-in two splits (about 40 of 20 000 test sequences at the paper's sizes, out of 46.8 million).
+Fixes against the original code (docs/model.md §10, items 13–15): each split is generated from its
+own seeded stream and cached under a key of every generation parameter and the seed (the original
+keyed the cache by size only, so every seed reused the first data set), generation is vectorised and
+NumPy 2 compatible, the training set is reshuffled every epoch and no evaluation sample is dropped.
+Splits are drawn independently, like the original, so a handful of sequences can occur in two splits
+(about 40 of 20 000 test sequences at the paper's sizes, out of 46.8 million).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``SequenceClassifier``: any ``stpn_core`` model, a linear read-out of its last step, and the
-paper's training and energy measurement (spec §4, §5.2–5.3)."""
+paper's training and energy measurement (docs/model.md §4, §5.2–5.3)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ with a valid ``metrics.json`` is skipped and an interrupted one continues from i
 
 Profiles: ``quick`` (what ``make reproduce-ar`` runs; the five main models, one seed, 24 epochs:
 long enough for the STPN to pass 0.9 test accuracy; minutes with two runs at a time, see the
-README) and ``paper`` (spec §5.3: 200 epochs on 100k sequences, all nine configs, three seeds;
-hours, see the README).
+README) and ``paper`` (docs/model.md §5.3: 200 epochs on 100k sequences, all nine configs, three
+seeds; hours, see the README).
 """
 
 from __future__ import annotations

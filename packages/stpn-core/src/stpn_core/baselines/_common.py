@@ -1,8 +1,9 @@
 """Option checks and the per-step sequence loop shared by the plastic baselines.
 
 FastWeights, DifferentiablePlasticity and HebbFF carry a per-sample synaptic state that changes at
-every step, so they have no fused kernel: each defines one step (the definition, written from the
-spec) and this module runs it over the sequence, for the output and for the energy alike.
+every step, so they have no fused kernel: each defines one step (the definition, written from
+docs/model.md §3) and this module runs it over the sequence, for the output and for the energy
+alike.
 """
 
 from __future__ import annotations

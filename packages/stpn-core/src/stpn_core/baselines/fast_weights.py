@@ -1,4 +1,4 @@
-"""Fast Weights (Ba et al. 2016), as configured in the STPN paper (spec §3.3).
+"""Fast Weights (Ba et al. 2016), as configured in the STPN paper (docs/model.md §3.3).
 
 A fast associative memory ``A`` (one ``H × H`` matrix per sample) stores outer products of past
 hidden states and is queried by a short inner loop at every step. Only the recurrent synapses are
@@ -51,11 +51,12 @@ class FastWeights(SteppedModel):
         learn_plasticity: learn ``λ`` and ``γ`` as parameters (initialised to ``decay`` and
             ``rate``) instead of keeping them fixed as in the paper.
         layer_norm_init: ``"uniform"`` initialises the LayerNorm gain and bias ``U(±1/√H)`` like
-            every other tensor of the paper's cell (spec §1.2); ``"standard"`` uses 1 and 0.
+            every other tensor of the paper's cell (docs/model.md §1.2); ``"standard"`` uses
+            1 and 0.
 
     Parameters: ``weight`` ``(H, I+H)``, ``bias`` ``(H,)``, ``layer_norm`` (gain and bias);
     ``decay`` and ``rate`` are buffers unless learned.
-    Energy (spec §4.2): ``|W|·v_t² + Σ_s |A_t|·(h⁽ˢ⁾)²`` over the ``S`` inner steps taken.
+    Energy (docs/model.md §4.2): ``|W|·v_t² + Σ_s |A_t|·(h⁽ˢ⁾)²`` over the ``S`` inner steps taken.
     """
 
     state_type = FastWeightsState
@@ -98,7 +99,7 @@ class FastWeights(SteppedModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Spec §1.2/§3.3: ``W``, ``b`` (and by default the LayerNorm) ``U(±1/√H)``."""
+        """docs/model.md §1.2/§3.3: ``W``, ``b`` (and by default the LayerNorm) ``U(±1/√H)``."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             self.weight.uniform_(-bound, bound)

@@ -1,4 +1,4 @@
-"""HebbFF (Tyulmankov et al. 2022) as the STPN paper's ablation (spec §2.2, §3.5).
+"""HebbFF (Tyulmankov et al. 2022) as the STPN paper's ablation (docs/model.md §2.2, §3.5).
 
 A feed-forward layer whose synapses carry a per-sample Hebbian memory ``F`` with one scalar decay
 and one scalar learning rate; the paper's ART wrapper also passed ``F`` through the sigmoid before
@@ -43,7 +43,7 @@ class HebbFF(SteppedModel):
 
     Parameters: ``weight`` ``(H, I)``, ``bias`` ``(H,)`` (both ``U(±1/√I)``), scalars
     ``lambda_raw`` and ``gamma_raw``; :attr:`decay` and :attr:`rate` give ``λ`` and ``γ``.
-    Energy (spec §4.2): ``Σ |W + F_t|·x_t²``.
+    Energy (docs/model.md §4.2): ``Σ |W + F_t|·x_t²``.
     """
 
     state_type = HebbFFState

@@ -1,4 +1,5 @@
-"""LSTM baseline (spec §3.2) on torch's fused ``nn.LSTM``, with the paper's energy metric."""
+"""LSTM baseline (docs/model.md §3.2) on torch's fused ``nn.LSTM``, with the paper's energy
+metric."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class LSTM(RecurrentModel):
 
     The parameters are those of the ``lstm`` submodule (``nn.LSTM``: two bias vectors, i.e. 4H
     more than the paper's associative-retrieval LSTM, 1.7% of that budget).
-    Energy (spec §4.2), one value per gate row and summed over the 4H rows:
+    Energy (docs/model.md §4.2), one value per gate row and summed over the 4H rows:
     ``e_t = Σ x_t²·|W_ih|ᵀ + h_{t-1}²·|W_hh|ᵀ``.
     """
 

@@ -1,5 +1,5 @@
 """Differentiable plasticity (Miconi et al. 2018) and its neuromodulated form, Backpropamine
-(Miconi et al. 2019), as the STPN paper's "MODPLAST" baseline (spec §3.4).
+(Miconi et al. 2019), as the STPN paper's "MODPLAST" baseline (docs/model.md §3.4).
 
 Each recurrent synapse is ``w_ij + α_ij·Hebb_ij``: a learned fixed part, a learned plasticity
 coefficient, and a per-sample Hebbian trace written during the sequence. In ``"neuromodulated"``
@@ -45,7 +45,7 @@ class DifferentiablePlasticity(SteppedModel):
 
     Parameters: ``i2h`` (``nn.Linear(I, H)``, default init), ``w`` and ``alpha`` ``(H, H)``
     initialised ``0.01·U[0, 1)``, and ``h2DA`` (``nn.Linear(H, 1)``) or ``eta``.
-    Energy (spec §4.2): ``Σ |W_i2h|·x_t² + Σ |w + α ⊙ Hebb_t|·h_{t-1}²``.
+    Energy (docs/model.md §4.2): ``Σ |W_i2h|·x_t² + Σ |w + α ⊙ Hebb_t|·h_{t-1}²``.
     """
 
     state_type = PlasticityState
@@ -80,8 +80,8 @@ class DifferentiablePlasticity(SteppedModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Spec §3.4: ``nn.Linear`` defaults for ``i2h``/``h2DA``; ``w``, ``α`` ~ 0.01·U[0, 1);
-        ``η`` = 0.01 (Miconi's initial value)."""
+        """docs/model.md §3.4: ``nn.Linear`` defaults for ``i2h``/``h2DA``; ``w``, ``α`` ~
+        0.01·U[0, 1); ``η`` = 0.01 (Miconi's initial value)."""
         self.i2h.reset_parameters()
         with torch.no_grad():
             self.w.uniform_(0.0, 0.01)

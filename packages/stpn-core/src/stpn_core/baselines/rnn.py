@@ -1,4 +1,4 @@
-"""Elman RNN baseline (spec §3.1): one weight over ``[x_t; h_{t-1}]`` and one bias.
+"""Elman RNN baseline (docs/model.md §3.1): one weight over ``[x_t; h_{t-1}]`` and one bias.
 
 The math is the definition; the sequence runs through torch's fused ``nn.RNN`` kernel, fed with
 this module's own parameters, which is exact (the kernel's second bias is fed zeros) and keeps the
@@ -43,7 +43,7 @@ class RNN(RecurrentModel):
             ``0.01·U[0, 1)``.
 
     Parameters: ``weight`` ``(H, I+H)`` (input columns first) and ``bias`` ``(H,)``.
-    Energy (spec §4.2): ``e_t = Σ_ij |W_ij| v_tj²`` with ``v_t = [x_t; h_{t-1}]``.
+    Energy (docs/model.md §4.2): ``e_t = Σ_ij |W_ij| v_tj²`` with ``v_t = [x_t; h_{t-1}]``.
     """
 
     state_type = RNNState
@@ -74,7 +74,7 @@ class RNN(RecurrentModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as selected by ``init`` (spec §3.1)."""
+        """Initialise as selected by ``init`` (docs/model.md §3.1)."""
         inputs = self.input_size
         with torch.no_grad():
             if self.init == "uniform":

@@ -163,7 +163,7 @@ class _STPNBase(RecurrentModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Spec §1.2/§2.1: W, b ~ U(±s); Λ ~ U(lambda_init); Γ ~ U(±gamma_init_scale·s).
+        """docs/model.md §1.2/§2.1: W, b ~ U(±s); Λ ~ U(lambda_init); Γ ~ U(±gamma_init_scale·s).
 
         ``s = 1/√H`` for the recurrent layer and ``1/√I`` for the feed-forward one.
         """
@@ -327,7 +327,7 @@ class STPNLinear(STPN):
 
     No recurrent input: the presynaptic vector is ``x_t`` alone, ``W``, ``Λ``, ``Γ`` are
     ``(H, I)``, and the layer is stateful only through its synaptic memory ``F``. Initialisation
-    scales by ``1/√I`` (spec §2.1). The bias is applied in every variant (the original code
+    scales by ``1/√I`` (docs/model.md §2.1). The bias is applied in every variant (the original code
     dropped it when normalising). Same options as :class:`STPN`, except that
     ``plastic_inputs="hidden"`` does not exist; ``norm="none"`` with ``clamp=0.1`` is the paper's
     MuJoCo STPNf, ``norm="G"`` its associative-retrieval and maze ablations.
