@@ -20,8 +20,8 @@ Profiles (``inverted-pendulum-po``, RecurrentPPO with the task's settings): the 
 stpn, stpnf (the paper's STPNf, clamp 0.1) and mlp (no memory: the floor), each from
 ``configs/inverted-pendulum-po/tuned-<core>.yaml`` where a sweep left one there, else from the
 task's configuration; then the fully observed ``inverted-pendulum`` at the same budget as a
-sanity row. ``quick`` is one seed at a budget that fits about 15 minutes on a 2-core CPU (the
-sanity row for the STPN only); ``paper`` is 10⁶ steps, three seeds, every core on both tasks.
+sanity row. ``quick`` is one seed at 40 960 steps per run (20 rollouts; the sanity row for the
+STPN only); ``paper`` is 10⁶ steps, three seeds, every core on both tasks.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ PROFILES: dict[str, dict[str, Profile]] = {
                          evaluation_episodes=512),
     },
     "inverted-pendulum-po": {
-        # One 2048-step rollout and its 10 epochs take about 5 s (stpn) on an idle 2-core CPU.
+        # 40 960 steps per run: the LSTM's took 640 s of wall time on the shared 2-core
+        # machine at a load of about 12 (so the six runs about an hour there).
         "quick": Profile("ppo", PENDULUM_CORES, (0,), episodes=0, n_envs=1,
                          evaluation_episodes=10, timesteps=40_960,
                          sanity_task="inverted-pendulum", sanity_cores=("stpn",)),
