@@ -3,12 +3,15 @@
 Rows: a training step (forward over the sequence, a loss on every output, backward, Adam step)
 at the associative-retrieval size (``art``), the maze sizes (``maze_b64``, ``maze_b512``) and the
 familiarity size (``familiarity``: one long sequence); and a rollout step (``rollout_b64``: one
-time step of 64 maze agents under ``torch.no_grad``, the state carried from call to call, as in
-RL rollouts). Medians over the timed repetitions, after warm-up.
+time step of 64 maze agents under ``torch.no_grad``, the state carried from step to step, as in
+RL rollouts; each timed call runs :data:`ROLLOUT_STEPS` consecutive steps and the figures are per
+step, since a single 0.1–0.5 ms call is at the mercy of the scheduler). Medians over the timed
+repetitions, after warm-up.
 
 Each model runs alone in its own subprocess for the table, so the peak resident memory it
 reports belongs to it alone (``peak MiB``: the child's peak RSS minus its RSS after importing
-torch); ``first call`` is the wall time of the very first call (what a user waits for). Each
+torch); ``first call`` is the wall time of the very first call (what a user waits for; for
+``rollout_b64``, of its first :data:`ROLLOUT_STEPS` steps). Each
 fast/LSTM ratio comes from one further subprocess that holds both models and alternates them
 call by call, so that both see the same moments of a machine shared with other jobs. The thread
 count is torch's default unless ``--threads`` is given; it is printed.
@@ -43,15 +46,16 @@ SIZES = {
 NO_REFERENCE = {"familiarity"}
 """Sizes whose reference loop is not timed: 5000 steps of autograd take minutes per step."""
 MODELS = ("reference", "fast", "lstm")
+ROLLOUT_STEPS = 50
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _make_call(size: str, model_name: str) -> tuple[Callable[[], None], int]:
-    """One call of ``model_name`` at ``size`` (a training step or a rollout step), and the
-    model's parameter count."""
+def _make_call(size: str, model_name: str) -> tuple[Callable[[], None], int, int]:
+    """One call of ``model_name`` at ``size`` (a training step or :data:`ROLLOUT_STEPS` rollout
+    steps), the model's parameter count and the steps one call runs."""
     import torch
     from stpn_core import STPN
 
@@ -66,11 +70,12 @@ def _make_call(size: str, model_name: str) -> tuple[Callable[[], None], int]:
     if kind == "rollout":
         state: list[Any] = [None]
 
-        def rollout_step() -> None:
+        def rollout() -> None:
             with torch.no_grad():
-                _, state[0] = model(x, state[0])
+                for _ in range(ROLLOUT_STEPS):
+                    _, state[0] = model(x, state[0])
 
-        return rollout_step, params
+        return rollout, params, ROLLOUT_STEPS
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     target = torch.randn(batch, steps, lstm_hidden if model_name == "lstm" else hidden)
 
@@ -80,7 +85,7 @@ def _make_call(size: str, model_name: str) -> tuple[Callable[[], None], int]:
         torch.nn.functional.mse_loss(output, target).backward()
         optimiser.step()
 
-    return train_step, params
+    return train_step, params, 1
 
 
 def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, float]:
@@ -88,7 +93,7 @@ def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, flo
     import torch
 
     baseline = _rss_mib()
-    call, params = _make_call(size, model_name)
+    call, params, steps = _make_call(size, model_name)
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
@@ -100,7 +105,7 @@ def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, flo
         call()
         times.append(time.perf_counter() - start)
     return {
-        "ms": 1000 * statistics.median(times),
+        "ms": 1000 * statistics.median(times) / steps,
         "first_s": first,
         "peak_mib": _rss_mib() - baseline,
         "reps": reps,
@@ -111,7 +116,8 @@ def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, flo
 
 def measure_pair(size: str, reps: int, warmup: int) -> dict[str, float]:
     """Fast path and LSTM in one process, alternating call by call: their medians and ratio."""
-    calls = {name: _make_call(size, name)[0] for name in ("fast", "lstm")}
+    made = {name: _make_call(size, name) for name in ("fast", "lstm")}
+    calls, steps = {name: call for name, (call, _, _) in made.items()}, made["fast"][2]
     times: dict[str, list[float]] = {name: [] for name in calls}
     for rep in range(1 + warmup + reps):
         for name, call in calls.items():
@@ -119,7 +125,7 @@ def measure_pair(size: str, reps: int, warmup: int) -> dict[str, float]:
             call()
             if rep > warmup:
                 times[name].append(time.perf_counter() - start)
-    fast, lstm = (1000 * statistics.median(times[name]) for name in ("fast", "lstm"))
+    fast, lstm = (1000 * statistics.median(times[name]) / steps for name in ("fast", "lstm"))
     return {"fast_ms": fast, "lstm_ms": lstm, "ratio": fast / lstm}
 
 
@@ -206,7 +212,7 @@ def main() -> None:
         return
 
     if not args.json:
-        header = f"{'size':<12} {'model':<10} {'params':>7} {'ms/call':>9} {'first call s':>12}"
+        header = f"{'size':<12} {'model':<10} {'params':>7} {'ms/step':>9} {'first call s':>12}"
         print(header + f" {'peak MiB':>9} {'reps':>5}")
     results = run(args)
     if args.json:

@@ -15,6 +15,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+Device = torch.device | str | None
+"""Where a constructor puts its parameters (``device=`` of torch's own modules)."""
+DType = torch.dtype | None
+"""The parameters' dtype (``dtype=`` of torch's own modules; ``None``: torch's default)."""
+
 
 class RecurrentModel(nn.Module):
     """Base class of every sequence model: STPN, STPNLinear and the baselines.
@@ -33,6 +38,18 @@ class RecurrentModel(nn.Module):
     hidden_size: int
     batch_first: bool
     state_type: type[NamedTuple]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True) -> None:
+        """Checks and sets the arguments every model takes first, named and ordered as in
+        ``torch.nn.LSTM`` (``bias`` is checked only: each model builds its own)."""
+        super().__init__()
+        check_bool("bias", bias)
+        check_bool("batch_first", batch_first)
+        # int(): sizes may come as NumPy integers (e.g. from a gymnasium space).
+        self.input_size = check_positive_int("input_size", input_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.batch_first = batch_first
 
     def state_shapes(self) -> dict[str, tuple[int, ...] | None]:
         """Each state field's shape after the batch dimension (``None``: the field is ``None``),
@@ -216,6 +233,12 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices`` (for string options)."""
     if value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool (so ``0``/``"no"`` cannot slip through)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
 
 
 def check_positive_int(name: str, value: Any) -> int:

@@ -34,17 +34,11 @@ class SequencePolicy(BasePolicy):
         optimizer_kwargs: for the optimiser (Adam); default ``{"eps": 1e-4}``, the paper's.
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Box,
-        action_space: spaces.Discrete,
-        lr_schedule: Schedule,
-        core: str = "stpn",
-        hidden_size: int = 64,
-        core_options: dict[str, Any] | None = None,
-        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
-        optimizer_kwargs: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, observation_space: spaces.Box, action_space: spaces.Discrete,
+                 lr_schedule: Schedule, core: str = "stpn", hidden_size: int = 64,
+                 core_options: dict[str, Any] | None = None,
+                 optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_kwargs: dict[str, Any] | None = None) -> None:
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError(f"action_space: expected Discrete, got {action_space}")
         if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:

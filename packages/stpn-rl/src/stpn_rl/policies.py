@@ -191,18 +191,11 @@ class CorePolicy(RecurrentActorCriticPolicy):
         **kwargs: the other ``ActorCriticPolicy`` options (features extractor, ortho_init, ...).
     """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        lr_schedule: Schedule,
-        core: str = "stpn",
-        hidden_size: int = 64,
-        core_options: dict[str, Any] | None = None,
-        critic: str = "detached",
-        net_arch: list[int] | dict[str, list[int]] | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
+                 lr_schedule: Schedule, core: str = "stpn", hidden_size: int = 64,
+                 core_options: dict[str, Any] | None = None, critic: str = "detached",
+                 net_arch: list[int] | dict[str, list[int]] | None = None,
+                 **kwargs: Any) -> None:
         lstm_only = {"lstm_hidden_size", "n_lstm_layers", "shared_lstm", "enable_critic_lstm"}
         if lstm_only & kwargs.keys() or "lstm_kwargs" in kwargs:
             raise TypeError(

@@ -25,7 +25,7 @@ from typing import NoReturn
 import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from stpn_core.cli import EXIT_ERROR, CommandError, run_command
+from stpn_core.cli import EXIT_ERROR, ArgumentParser, CommandError, run_command
 
 from stpn_supervised.data import AssociativeRetrievalDataModule
 from stpn_supervised.familiarity import FamiliarityDataModule
@@ -45,6 +45,26 @@ TASK_CLASSES: dict[str, tuple[type[L.LightningModule], type[L.LightningDataModul
     "ar": (SequenceClassifier, AssociativeRetrievalDataModule),
     "familiarity": (FamiliarityClassifier, FamiliarityDataModule),
 }
+
+
+def reproduce_parser(command: str, doc: str, profiles: Sequence[str], models: Sequence[str],
+                     task: str, data_help: str) -> ArgumentParser:
+    """The options every ``reproduce_*`` command takes, so the two commands read alike:
+    ``--profile``, ``--models``, ``--seeds``, ``--out`` (``runs/<task>``), ``--data-dir``
+    (``data/<task>``) and ``--threads``; each command adds its own after these."""
+    parser = ArgumentParser(prog=f"python -m stpn_supervised.{command}",
+                            description=doc.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=sorted(profiles))
+    parser.add_argument("--models", nargs="+", choices=models, default=None,
+                        help="default: the profile's models")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="default: the profile's seeds")
+    parser.add_argument("--out", default=f"runs/{task}", help=f"runs root (default: runs/{task})")
+    parser.add_argument("--data-dir", default=f"data/{task}",
+                        help=f"{data_help} (default: data/{task})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: steadiest for these small models)")
+    return parser
 
 
 def config_path(name: str) -> Path:

@@ -91,17 +91,9 @@ class AssociativeRetrievalDataModule(L.LightningDataModule):
         num_workers: loader worker processes (0 is fastest: the data are already in memory).
     """
 
-    def __init__(
-        self,
-        num_pairs: int = 3,
-        train_size: int = 100_000,
-        val_size: int = 10_000,
-        test_size: int = 20_000,
-        batch_size: int = 128,
-        seed: int = 0,
-        data_dir: str | os.PathLike[str] = "data/ar",
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, num_pairs: int = 3, train_size: int = 100_000, val_size: int = 10_000,
+                 test_size: int = 20_000, batch_size: int = 128, seed: int = 0,
+                 data_dir: str | os.PathLike[str] = "data/ar", num_workers: int = 0) -> None:
         super().__init__()
         check_int("num_pairs", num_pairs, 1, NUM_KEYS)
         for name, size in (("train_size", train_size), ("val_size", val_size),

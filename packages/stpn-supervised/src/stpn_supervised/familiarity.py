@@ -137,20 +137,10 @@ class FamiliarityDataModule(L.LightningDataModule):
         data_dir: cache folder of the ``dat`` sequences.
     """
 
-    def __init__(
-        self,
-        d: int = 100,
-        seq_len: int = 5000,
-        repeat_distance: int = 3,
-        p_repeat: float = 0.5,
-        mode: str = "inf",
-        seed: int = 0,
-        batch_size: int = 1,
-        iterations_per_epoch: int = 10,
-        val_sequences: int = 1,
-        test_sequences: int = 1,
-        data_dir: str | os.PathLike[str] = "data/familiarity",
-    ) -> None:
+    def __init__(self, d: int = 100, seq_len: int = 5000, repeat_distance: int = 3,
+                 p_repeat: float = 0.5, mode: str = "inf", seed: int = 0, batch_size: int = 1,
+                 iterations_per_epoch: int = 10, val_sequences: int = 1, test_sequences: int = 1,
+                 data_dir: str | os.PathLike[str] = "data/familiarity") -> None:
         super().__init__()
         for name, value in (("d", d), ("seq_len", seq_len), ("repeat_distance", repeat_distance),
                             ("batch_size", batch_size),

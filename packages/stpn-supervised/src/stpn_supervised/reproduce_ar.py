@@ -29,9 +29,9 @@ import lightning as L
 import torch
 import yaml
 from stpn_analysis import format_table, load_runs, summarise, write_report
-from stpn_core.cli import ArgumentParser, run_command
+from stpn_core.cli import run_command
 
-from stpn_supervised.cli import CONFIG_MODELS, config_path
+from stpn_supervised.cli import CONFIG_MODELS, config_path, reproduce_parser
 from stpn_supervised.data import AssociativeRetrievalDataModule
 from stpn_supervised.module import SequenceClassifier
 from stpn_supervised.runner import EpochLine, RunFolder
@@ -226,17 +226,7 @@ def reproduce(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line; every error is one ``error: ...`` line, exit status 2."""
-    parser = ArgumentParser(prog="python -m stpn_supervised.reproduce_ar",
-                            description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    parser.add_argument("--models", nargs="+", choices=CONFIG_MODELS, default=None,
-                        help="default: the profile's models")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="default: the profile's seeds")
-    parser.add_argument("--out", default="runs/ar", help="runs root (default: runs/ar)")
-    parser.add_argument("--data-dir", default="data/ar", help="data cache (default: data/ar)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steadiest for these small models)")
+    parser = reproduce_parser("reproduce_ar", __doc__, PROFILES, CONFIG_MODELS, "ar", "data cache")
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="override the profile's epochs (runs resume from last.ckpt)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),

@@ -35,9 +35,9 @@ from stpn_analysis import (
     summarise_generalisation,
     write_report,
 )
-from stpn_core.cli import ArgumentParser, run_command
+from stpn_core.cli import run_command
 
-from stpn_supervised.cli import FAMILIARITY_MODELS, config_path
+from stpn_supervised.cli import FAMILIARITY_MODELS, config_path, reproduce_parser
 from stpn_supervised.familiarity import MODES, FamiliarityDataModule
 from stpn_supervised.familiarity_module import R_TEST, FamiliarityClassifier, generalisation
 from stpn_supervised.reproduce_ar import _versions
@@ -212,21 +212,10 @@ def _setting(text: str) -> Setting:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line; every error is one ``error: ...`` line, exit status 2."""
-    parser = ArgumentParser(prog="python -m stpn_supervised.reproduce_familiarity",
-                            description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    parser.add_argument("--models", nargs="+", choices=FAMILIARITY_MODELS, default=None,
-                        help="default: the profile's models")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="default: the profile's seeds")
+    parser = reproduce_parser("reproduce_familiarity", __doc__, PROFILES, FAMILIARITY_MODELS,
+                              "familiarity", "cache of the dat sequences")
     parser.add_argument("--settings", nargs="+", type=_setting, default=None, metavar="R-MODE",
                         help="e.g. 3-inf 6-dat (default: the profile's)")
-    parser.add_argument("--out", default="runs/familiarity",
-                        help="runs root (default: runs/familiarity)")
-    parser.add_argument("--data-dir", default="data/familiarity",
-                        help="cache of the dat sequences (default: data/familiarity)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steadiest for these small models)")
     args = parser.parse_args(argv)
     reproduce(args.profile, args.models, args.seeds, args.settings, args.out, args.data_dir,
               args.threads)

@@ -14,13 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from stpn_core.base import RecurrentModel, check_positive_int
-
-
-def check_bool(name: str, value: Any) -> None:
-    """Raise ``TypeError`` unless ``value`` is a bool (so ``0``/``"no"`` cannot slip through)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
+from stpn_core.base import RecurrentModel
 
 
 def check_real(name: str, value: Any, *, positive: bool = False) -> None:
@@ -30,18 +24,6 @@ def check_real(name: str, value: Any, *, positive: bool = False) -> None:
     if not math.isfinite(value) or (positive and value <= 0):
         kind = "a positive finite number" if positive else "a finite number"
         raise ValueError(f"{name}: expected {kind}, got {value}")
-
-
-def check_layer_arguments(
-    input_size: Any, hidden_size: Any, bias: Any, batch_first: Any
-) -> tuple[int, int]:
-    """The checks every baseline constructor shares (sizes and the two layout flags); returns
-    the sizes as ``int`` (they may come as NumPy integers)."""
-    check_bool("bias", bias)
-    check_bool("batch_first", batch_first)
-    sizes = (check_positive_int("input_size", input_size),
-             check_positive_int("hidden_size", hidden_size))
-    return sizes
 
 
 class SteppedModel(RecurrentModel):

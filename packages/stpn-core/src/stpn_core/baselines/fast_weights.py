@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from stpn_core.base import check_choice, check_positive_int
+from stpn_core.base import Device, DType, check_bool, check_choice, check_positive_int
 from stpn_core.baselines._common import (
     SteppedModel,
-    check_bool,
-    check_layer_arguments,
     check_real,
 )
 from stpn_core.energy import synaptic_energy
@@ -61,35 +59,24 @@ class FastWeights(SteppedModel):
 
     state_type = FastWeightsState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        inner_steps: int = 1,
-        decay: float = 0.9,
-        rate: float = 0.5,
-        learn_plasticity: bool = False,
-        layer_norm_init: str = "uniform",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, inner_steps: int = 1, decay: float = 0.9,
+                 rate: float = 0.5, learn_plasticity: bool = False,
+                 layer_norm_init: str = "uniform", device: Device = None,
+                 dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
         check_positive_int("inner_steps", inner_steps)
         check_real("decay", decay)
         check_real("rate", rate)
         check_bool("learn_plasticity", learn_plasticity)
         check_choice("layer_norm_init", layer_norm_init, LAYER_NORM_INITS)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.inner_steps, self.layer_norm_init = inner_steps, layer_norm_init
         self.initial_decay, self.initial_rate = float(decay), float(rate)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(hidden_size, input_size + hidden_size, **factory))
-        self.bias = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
-        self.layer_norm = nn.LayerNorm(hidden_size, **factory)
+        width = self.input_size + self.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.hidden_size, width, **factory))
+        self.bias = nn.Parameter(torch.empty(self.hidden_size, **factory)) if bias else None
+        self.layer_norm = nn.LayerNorm(self.hidden_size, **factory)
         for name in ("decay", "rate"):
             tensor = torch.empty((), **factory)
             if learn_plasticity:

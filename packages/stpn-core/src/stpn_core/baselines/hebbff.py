@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpn_core.baselines._common import SteppedModel, check_bool, check_layer_arguments
+from stpn_core.base import Device, DType, check_bool
+from stpn_core.baselines._common import SteppedModel
 from stpn_core.energy import synaptic_energy
 
 INITIAL_DECAY = 0.99
@@ -48,25 +49,15 @@ class HebbFF(SteppedModel):
 
     state_type = HebbFFState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        anti_hebbian: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, anti_hebbian: bool = False, device: Device = None,
+                 dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
         check_bool("anti_hebbian", anti_hebbian)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.anti_hebbian = anti_hebbian
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.bias = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
+        self.weight = nn.Parameter(torch.empty(self.hidden_size, self.input_size, **factory))
+        self.bias = nn.Parameter(torch.empty(self.hidden_size, **factory)) if bias else None
         self.lambda_raw = nn.Parameter(torch.empty((), **factory))
         self.gamma_raw = nn.Parameter(torch.empty((), **factory))
         self.reset_parameters()

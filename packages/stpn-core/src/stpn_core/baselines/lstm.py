@@ -8,8 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpn_core.base import RecurrentModel
-from stpn_core.baselines._common import check_layer_arguments
+from stpn_core.base import Device, DType, RecurrentModel
 from stpn_core.energy import synaptic_energy
 
 
@@ -34,21 +33,12 @@ class LSTM(RecurrentModel):
 
     state_type = LSTMState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, device: Device = None, dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
         self.lstm = nn.LSTM(
-            input_size, hidden_size, bias=bias, batch_first=True, device=device, dtype=dtype
+            self.input_size, self.hidden_size, bias=bias, batch_first=True, device=device,
+            dtype=dtype,
         )
 
     def reset_parameters(self) -> None:

@@ -13,8 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpn_core.base import RecurrentModel
-from stpn_core.baselines._common import check_layer_arguments
+from stpn_core.base import Device, DType, RecurrentModel
 from stpn_core.energy import synaptic_energy
 
 
@@ -39,20 +38,12 @@ class MLP(RecurrentModel):
 
     state_type = MLPState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
-        self.linear = nn.Linear(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, device: Device = None, dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
+        self.linear = nn.Linear(
+            self.input_size, self.hidden_size, bias=bias, device=device, dtype=dtype
+        )
 
     def extra_repr(self) -> str:
         return f"batch_first={self.batch_first}"

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpn_core.base import check_choice
-from stpn_core.baselines._common import SteppedModel, check_layer_arguments, check_real
+from stpn_core.base import Device, DType, check_choice
+from stpn_core.baselines._common import SteppedModel, check_real
 from stpn_core.energy import synaptic_energy
 
 MODES = ("neuromodulated", "plastic")
@@ -50,31 +50,20 @@ class DifferentiablePlasticity(SteppedModel):
 
     state_type = PlasticityState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        mode: str = "neuromodulated",
-        clamp: float | None = 1.0,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, mode: str = "neuromodulated",
+                 clamp: float | None = 1.0, device: Device = None, dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
         check_choice("mode", mode, MODES)
         if clamp is not None:
             check_real("clamp", clamp, positive=True)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.mode, self.clamp = mode, clamp
         factory = {"device": device, "dtype": dtype}
-        self.i2h = nn.Linear(input_size, hidden_size, bias=bias, **factory)
-        self.w = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-        self.alpha = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
+        self.i2h = nn.Linear(self.input_size, self.hidden_size, bias=bias, **factory)
+        self.w = nn.Parameter(torch.empty(self.hidden_size, self.hidden_size, **factory))
+        self.alpha = nn.Parameter(torch.empty(self.hidden_size, self.hidden_size, **factory))
         if mode == "neuromodulated":
-            self.h2DA = nn.Linear(hidden_size, 1, **factory)
+            self.h2DA = nn.Linear(self.hidden_size, 1, **factory)
         else:
             self.eta = nn.Parameter(torch.empty((), **factory))
         self.reset_parameters()

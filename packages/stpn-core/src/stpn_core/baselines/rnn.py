@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from stpn_core.base import RecurrentModel, check_choice
-from stpn_core.baselines._common import check_layer_arguments
+from stpn_core.base import Device, DType, RecurrentModel, check_choice
 from stpn_core.energy import synaptic_energy
 
 INITS = ("uniform", "miconi")
@@ -48,28 +47,21 @@ class RNN(RecurrentModel):
 
     state_type = RNNState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        init: str = "uniform",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size, hidden_size = check_layer_arguments(input_size, hidden_size, bias, batch_first)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, init: str = "uniform", device: Device = None,
+                 dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias, batch_first)
         check_choice("init", init, INITS)
-        self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, batch_first
         self.init = init
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(hidden_size, input_size + hidden_size, **factory))
-        self.bias = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
+        width = self.input_size + self.hidden_size
+        self.weight = nn.Parameter(torch.empty(self.hidden_size, width, **factory))
+        self.bias = nn.Parameter(torch.empty(self.hidden_size, **factory)) if bias else None
         # The fused kernel only lends its forward: every tensor it uses is passed in by
         # functional_call, so it lives on the meta device and outside the module tree.
-        kernel = nn.RNN(input_size, hidden_size, bias=bias, batch_first=True, device="meta")
+        kernel = nn.RNN(
+            self.input_size, self.hidden_size, bias=bias, batch_first=True, device="meta"
+        )
         object.__setattr__(self, "_kernel", kernel)
         self.reset_parameters()
 

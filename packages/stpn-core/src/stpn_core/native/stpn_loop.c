@@ -86,12 +86,17 @@ static const REAL *presynaptic_prev(const Cfg *c, const REAL *x, const REAL *h0,
     return buf;
 }
 
-/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). */
-static const REAL *presynaptic(const Cfg *c, const REAL *v, const REAL *h, REAL *buf) {
+/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). One element is `item`
+ * bytes: a REAL for one sample, a vector for a group of samples in the lanes. */
+static const void *joined_u(const Cfg *c, const void *v, const void *h, void *buf, size_t item) {
     if (!(c->current && c->recurrent)) return v;
-    memcpy(buf, v, sizeof(REAL) * c->NI);
-    memcpy(buf + c->NI, h, sizeof(REAL) * c->H);
+    memcpy(buf, v, item * c->NI);
+    memcpy((char *)buf + item * c->NI, h, item * c->H);
     return buf;
+}
+
+static const REAL *presynaptic(const Cfg *c, const REAL *v, const REAL *h, REAL *buf) {
+    return joined_u(c, v, h, buf, sizeof(REAL));
 }
 
 /* F_{t+1} of one sample from F_t, h_t, u_t and the stored norms. With store_r2 the post norm is
@@ -515,12 +520,8 @@ static void group_presynaptic(const Cfg *c, const REAL *x, const REAL *h0, const
     }
 }
 
-/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). */
 static const vec *group_u(const Cfg *c, const vec *v, const vec *h, vec *buf) {
-    if (!(c->current && c->recurrent)) return v;
-    memcpy(buf, v, sizeof(vec) * c->NI);
-    memcpy(buf + c->NI, h, sizeof(vec) * c->H);
-    return buf;
+    return joined_u(c, v, h, buf, sizeof(vec));
 }
 
 /* h_t = act(G v / n + b) of the group, storing S and R. Each row's sums run in four interleaved

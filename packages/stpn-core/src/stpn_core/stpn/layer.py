@@ -16,7 +16,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from stpn_core.base import RecurrentModel, check_choice, check_positive_int
+from stpn_core.base import (
+    Device,
+    DType,
+    RecurrentModel,
+    check_bool,
+    check_choice,
+    check_positive_int,
+)
 from stpn_core.stpn import autograd, reference
 from stpn_core.stpn.loop import unsupported_reason
 from stpn_core.stpn.reference import ACTIVATIONS
@@ -92,30 +99,15 @@ class _STPNBase(RecurrentModel):
     recurrent = True
     """Whether the presynaptic vector includes the previous hidden state (STPNr) or not (STPNf)."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        *,
-        per_synapse: bool = True,
-        rule: str = "hebb",
-        update: str = "stp",
-        norm: str = "G",
-        norm_timing: str = "pre",
-        clamp: float | None = None,
-        plastic_inputs: str = "all",
-        plastic_bias: bool = False,
-        presynaptic: str = "previous",
-        activation: str = "tanh",
-        lambda_init: tuple[float, float] = (0.0, 1.0),
-        gamma_init_scale: float = 0.001,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        input_size = check_positive_int("input_size", input_size)
-        hidden_size = check_positive_int("hidden_size", hidden_size)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *,
+                 per_synapse: bool = True, rule: str = "hebb", update: str = "stp",
+                 norm: str = "G", norm_timing: str = "pre", clamp: float | None = None,
+                 plastic_inputs: str = "all", plastic_bias: bool = False,
+                 presynaptic: str = "previous", activation: str = "tanh",
+                 lambda_init: tuple[float, float] = (0.0, 1.0), gamma_init_scale: float = 0.001,
+                 device: Device = None, dtype: DType = None) -> None:
+        super().__init__(input_size, hidden_size, bias)
+        input_size, hidden_size = self.input_size, self.hidden_size
         options = {
             "rule": rule,
             "update": update,
@@ -135,7 +127,6 @@ class _STPNBase(RecurrentModel):
             raise ValueError('plastic_inputs: a feed-forward layer has no "hidden" inputs')
         if plastic_bias and not bias:
             raise ValueError("plastic_bias: needs bias=True")
-        self.input_size, self.hidden_size = input_size, hidden_size
         self.per_synapse, self.clamp, self.plastic_bias = per_synapse, clamp, plastic_bias
         self.rule, self.update, self.norm, self.norm_timing = rule, update, norm, norm_timing
         self.plastic_inputs, self.presynaptic = plastic_inputs, presynaptic
@@ -201,8 +192,6 @@ class STPNCell(_STPNBase):
     The new hidden output is ``state.h``. See :class:`_STPNBase` for the options.
     """
 
-    batch_first = True
-
     def forward(self, x: Tensor, state: STPNState | None = None) -> STPNState:  # type: ignore[override]
         if isinstance(x, Tensor) and x.dim() != 2:
             raise ValueError(f"x: expected a 2-D tensor (B, I), got shape {tuple(x.shape)}")
@@ -232,18 +221,10 @@ class STPN(_STPNBase):
         continues the sequence when passed to the next call.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        batch_first: bool = True,
-        *,
-        implementation: str = "auto",
-        bptt_chunk: int | None = None,
-        bptt_mode: str = "checkpoint",
-        **options: object,
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 batch_first: bool = True, *, implementation: str = "auto",
+                 bptt_chunk: int | None = None, bptt_mode: str = "checkpoint",
+                 **options: object) -> None:
         """``implementation``: ``"fast"`` (the fused loop with its hand-derived backward,
         :mod:`.autograd`), ``"reference"`` (the plain loop over :func:`.reference.step`, the
         definition) or ``"auto"`` (fast when it covers the options, else the reference with one
@@ -255,6 +236,7 @@ class STPN(_STPNBase):
         between chunks (truncated BPTT: gradients do not cross chunk boundaries).
         """
         super().__init__(input_size, hidden_size, bias, **options)  # type: ignore[arg-type]
+        check_bool("batch_first", batch_first)
         self.batch_first = batch_first
         check_choice("implementation", implementation, ("auto", "fast", "reference"))
         check_choice("bptt_mode", bptt_mode, ("checkpoint", "truncate"))
