@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 from stpn_core import paper_preset
+from stpn_core.allocator import retain_freed_memory
 from stpn_rl.a2c_bptt import A2CBPTT
 from stpn_rl.bptt_policy import SequencePolicy
 from stpn_rl.tasks import make_vec_env
@@ -57,10 +58,15 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=512)
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc defaults (otherwise freed memory is retained, "
+                             "as the project's commands do: stpn_core.allocator)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    retained = not args.default_malloc and retain_freed_memory()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
-          f"{args.threads} torch thread(s), {args.n_envs} agents")
+          f"{args.threads} torch thread(s), {args.n_envs} agents, freed memory retained: "
+          f"{retained}")
     print(f"{'core':8} {'rollout s':>10} {'update s':>10} {'agent-steps/s':>14} "
           f"{'per CPU-s':>10}")
     for core in args.cores:

@@ -7,7 +7,8 @@
    heads on the LSTM: 12 648), same environment and PPO settings. Target: STPN >= 0.8x LSTM.
    Our policy with the ``lstm`` core is timed too, to show the adapter's own overhead.
 
-Usage: ``python benchmarks/rl_speed.py [--timesteps N] [--n-envs K] [--threads T] [--rounds R]``.
+Usage: ``python benchmarks/rl_speed.py [--timesteps N] [--n-envs K] [--threads T] [--rounds R]
+[--default-malloc]``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+from stpn_core.allocator import retain_freed_memory
 from stpn_rl.config import load_config, merge
 from stpn_rl.envs import MAZE_ID, MazeVecEnv
 from stpn_rl.tasks import make_vec_env
@@ -47,9 +49,13 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc defaults (otherwise freed memory is retained, "
+                             "as the project's commands do: stpn_core.allocator)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}")
+    retained = not args.default_malloc and retain_freed_memory()
+    print(f"torch threads: {torch.get_num_threads()}; freed memory retained: {retained}")
 
     vectorised = env_steps_per_second(MazeVecEnv(512), 400)
     dummy = env_steps_per_second(sb3_make_vec_env(MAZE_ID, n_envs=512, seed=0), 40)

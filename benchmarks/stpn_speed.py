@@ -14,11 +14,14 @@ torch); ``first call`` is the wall time of the very first call (what a user wait
 ``rollout_b64``, of its first :data:`ROLLOUT_STEPS` steps). Each
 fast/LSTM ratio comes from one further subprocess that holds both models and alternates them
 call by call, so that both see the same moments of a machine shared with other jobs. The thread
-count is torch's default unless ``--threads`` is given; it is printed.
+count is torch's default unless ``--threads`` is given; it is printed. Every child keeps freed
+memory in the process, as the project's commands do (:mod:`stpn_core.allocator`), unless
+``--default-malloc`` is given.
 
     python benchmarks/stpn_speed.py                # the table and the ratio lines
     python benchmarks/stpn_speed.py --json         # the same figures as one JSON document
     python benchmarks/stpn_speed.py --reps 5       # quicker, noisier
+    python benchmarks/stpn_speed.py --default-malloc   # with glibc's malloc defaults
 """
 
 from __future__ import annotations
@@ -153,14 +156,17 @@ def _reps_for(size: str, reps: int) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[str, dict]] = {}
     ratios: dict[str, list[dict]] = {}
+    malloc = ["--default-malloc"] if args.default_malloc else []
     for size in args.sizes:
         reps = _reps_for(size, args.reps)
         models = [m for m in MODELS if not (m == "reference" and size in NO_REFERENCE)]
         rows[size] = {
-            m: _child(["--child", size, m], reps, args.warmup, args.threads) for m in models
+            m: _child(["--child", size, m, *malloc], reps, args.warmup, args.threads)
+            for m in models
         }
         ratios[size] = [
-            _child(["--pair", size], reps, args.warmup, args.threads) for _ in range(args.rounds)
+            _child(["--pair", size, *malloc], reps, args.warmup, args.threads)
+            for _ in range(args.rounds)
         ]
         if not args.json:
             _print_size(size, rows[size], ratios[size])
@@ -199,9 +205,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--pair", metavar="SIZE", help=argparse.SUPPRESS)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc defaults (otherwise freed memory is retained, "
+                             "as the project's commands do: stpn_core.allocator)")
     args = parser.parse_args()
     if args.child or args.pair:
         import torch
+        from stpn_core.allocator import retain_freed_memory
+
+        if not args.default_malloc:
+            retain_freed_memory()
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -218,7 +231,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=1))
         return
-    print(f"threads {results['threads']}")
+    print(f"threads {results['threads']}; freed memory retained (stpn_core.allocator, every"
+          f" model alike): {'no, glibc defaults' if args.default_malloc else 'yes'}")
     cold = results["cold_start_s"]
     print(f"fast first call, empty build cache (C build + one ART step) s={cold:.2f}")
     print(

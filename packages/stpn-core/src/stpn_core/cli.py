@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from stpn_core.allocator import retain_freed_memory
+
 __all__ = ["ArgumentParser", "CommandError", "env_flag", "run_command"]
 
 EXIT_ERROR = 2
@@ -69,7 +71,10 @@ def _one_line(error: BaseException) -> str:
 def run_command(main: Callable[[Sequence[str] | None], object],
                 argv: Sequence[str] | None = None) -> NoReturn:
     """Run ``main(argv)`` and exit: 0 on success (or ``main``'s integer return value), 2 with one
-    ``error: ...`` line on stderr for any exception, 130 on Ctrl-C."""
+    ``error: ...`` line on stderr for any exception, 130 on Ctrl-C. Freed memory is kept in the
+    process first (:func:`stpn_core.allocator.retain_freed_memory`): every command steps models
+    that allocate the same large tensors at every step."""
+    retain_freed_memory()
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:
         debug = "--debug" in arguments or env_flag("STPN_DEBUG")
