@@ -24,8 +24,9 @@ DType = torch.dtype | None
 class RecurrentModel(nn.Module):
     """Base class of every sequence model: STPN, STPNLinear and the baselines.
 
-    Subclasses set ``input_size``, ``hidden_size`` and ``batch_first``, implement
-    :meth:`forward` and :meth:`energy`, and declare their state once: :attr:`state_type` (a
+    Subclasses pass ``input_size``, ``hidden_size``, ``bias`` and ``batch_first`` to
+    :meth:`__init__` (which checks and sets them), implement :meth:`forward` and
+    :meth:`energy`, and declare their state once: :attr:`state_type` (a
     ``NamedTuple`` class, which names the fields) and :meth:`state_shapes` (each field's shape
     after the batch dimension, ``None`` for a field the options leave out). The state's dtype and
     device are those of the parameters, and every model starts from zeros. From that declaration
