@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 
 import pytest
-from stpn_rl.reproduce import PROFILES, reproduce, run_config
+from stpn_rl.reproduce import PROFILES, format_rows, reproduce, run_config
 
 
 def test_every_core_trains_at_the_same_budget_and_a_rerun_skips_them(tmp_path) -> None:
@@ -52,3 +52,11 @@ def test_bad_arguments_give_one_error_line(tmp_path, arguments, message) -> None
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_table_shows_a_spread_only_across_seeds() -> None:
+    row = {"model": "stpn", "timesteps": 1000, "energy_per_step": 2.0, "params": 10}
+    one = format_rows([row | {"mean_reward": 8.0}])
+    two = format_rows([row | {"mean_reward": 8.0}, row | {"mean_reward": 10.0}])
+    assert "| stpn | 1 | 1e+03 | 8.00 | 2 | 10 |" in one
+    assert "| stpn | 2 | 1e+03 | 9.00 ± 1.41 | 2 | 10 |" in two  # sample std of 8 and 10

@@ -105,7 +105,8 @@ def run_config(task: str, core: str, profile: Profile) -> dict[str, Any]:
 
 
 def format_rows(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of the runs, one line per core: mean ± std over seeds."""
+    """A Markdown table of the runs, one line per core: mean ± sample std over seeds (the mean
+    alone for one seed, which has no spread to show)."""
     lines = ["| core | seeds | agent-steps | reward (mean ± std) | energy / step | params |",
              "|---|---|---|---|---|---|"]
     for core in dict.fromkeys(row["model"] for row in rows):
@@ -113,9 +114,10 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
         rewards = np.array([row["mean_reward"] for row in group])
         energies = [row["energy_per_step"] for row in group if row["energy_per_step"]]
         energy = f"{np.mean(energies):.4g}" if energies else "–"
+        spread = f" ± {rewards.std(ddof=1):.2f}" if len(rewards) > 1 else ""
         lines.append(
             f"| {core} | {len(group)} | {group[0]['timesteps']:.3g} | "
-            f"{rewards.mean():.2f} ± {rewards.std():.2f} | {energy} | {group[0]['params']} |"
+            f"{rewards.mean():.2f}{spread} | {energy} | {group[0]['params']} |"
         )
     references = next((row["references"] for row in rows if row.get("references")), {})
     for name, value in references.items():  # e.g. the maze's random policy and oracle
