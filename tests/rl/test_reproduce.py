@@ -40,6 +40,16 @@ def test_runs_use_the_papers_algorithm_and_the_profile_budget() -> None:
     assert config["policy"]["core_options"] == {"norm_timing": "post", "clamp": 1.0}
 
 
+def test_a2c_runs_ignore_a_ppo_sweeps_tuned_file(tmp_path, monkeypatch) -> None:
+    # A tuned-<core>.yaml holds a PPO agent; the maze's a2c-bptt runs keep the paper's settings.
+    (tmp_path / "tuned-stpn.yaml").write_text("policy:\n  hidden_size: 7\n")
+    monkeypatch.setattr("stpn_rl.reproduce.config_dir", lambda task: tmp_path)
+    a2c = PROFILES["maze"]["quick"]
+    assert run_config("maze", "stpn", a2c)["policy"]["hidden_size"] == 55
+    ppo = replace(a2c, algo="ppo")
+    assert run_config("maze", "stpn", ppo)["policy"]["hidden_size"] == 7
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [(["--episodes", "0"], "--episodes"), (["--task", "pong"], "--task")],

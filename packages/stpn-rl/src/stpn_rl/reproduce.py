@@ -89,10 +89,12 @@ PROFILES: dict[str, dict[str, Profile]] = {
 
 def run_config(task: str, core: str, profile: Profile) -> dict[str, Any]:
     """The configuration of ``core``'s runs: the packaged one for the profile's algorithm, at
-    the profile's budget (a sweep's ``tuned-<core>.yaml`` where there is one); maze runs
-    checkpoint every 50 episodes (a stopped reproduction loses at most those)."""
+    the profile's budget (for PPO, a sweep's ``tuned-<core>.yaml`` where there is one: the sweeps
+    tune PPO agents, so a2c-bptt runs never read them); maze runs checkpoint every 50 episodes
+    (a stopped reproduction loses at most those)."""
     tuned = config_dir(task) / f"tuned-{core}.yaml"
-    config = load_config(task, core, tuned if tuned.is_file() else None, algo=profile.algo)
+    use_tuned = profile.algo == "ppo" and tuned.is_file()
+    config = load_config(task, core, tuned if use_tuned else None, algo=profile.algo)
     config = merge(config, profile.config_changes)
     budget = {"n_envs": profile.n_envs, "evaluation": {"episodes": profile.evaluation_episodes}}
     if profile.timesteps is not None:
