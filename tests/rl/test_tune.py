@@ -31,6 +31,8 @@ from stpn_rl.search_spaces import (
 from stpn_rl.train import build_agent, count_parameters
 from stpn_rl.tune import TrialEvalCallback, main
 from stpn_rl.tune.objective import evaluation_steps
+from stpn_rl.tune.options import TuneOptions
+from stpn_rl.tune.study import open_study
 
 TINY = {
     "n_envs": 2,
@@ -154,21 +156,65 @@ def _cli(args: list[str]) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_study(request, tmp_path) -> Iterator[tuple[str, str]]:
-    """A storage URL shared by worker processes, and a study name new to it: a SQLite file, or
-    the PostgreSQL server ``.ci/run`` starts (``STPN_TEST_POSTGRES_URL``)."""
-    name = f"maze-stpn-{uuid.uuid4().hex[:8]}"  # a server's database outlives the test
+    """A storage URL shared by worker processes, on a database with no tables yet, and a study
+    name: a SQLite file, or a new database on the PostgreSQL server ``.ci/run`` starts
+    (``STPN_TEST_POSTGRES_URL``), dropped afterwards."""
+    name = f"maze-stpn-{uuid.uuid4().hex[:8]}"
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'shared.db'}", name
         return
-    url = os.environ.get("STPN_TEST_POSTGRES_URL")
-    if not url:
+    server = os.environ.get("STPN_TEST_POSTGRES_URL")
+    if not server:
+        reason = os.environ.get("STPN_TEST_POSTGRES_UNAVAILABLE")
         pytest.skip(
             "no PostgreSQL server: STPN_TEST_POSTGRES_URL is not set (.ci/run starts a server "
-            "and sets it)" + (f"; {reason}" if (reason := os.environ.get(
-                "STPN_TEST_POSTGRES_UNAVAILABLE")) else "")
+            "and sets it)" + (f"; {reason}" if reason else "")
         )
-    yield url, name
-    optuna.delete_study(study_name=name, storage=url)
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    database = name.replace("-", "_")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {database}")
+    yield sqlalchemy.engine.make_url(server).set(database=database).render_as_string(False), name
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE {database} WITH (FORCE)")
+    admin.dispose()
+
+
+def _open_once_all_checked(
+    options: TuneOptions, barrier: multiprocessing.Barrier, delay: float
+) -> None:
+    """Open the study, creating the tables ``delay`` seconds after every worker has found them
+    missing: the first worker's tables are then committed before the next one's CREATE TABLE."""
+    waited = []
+
+    def wait_for_the_others(*_: object, **__: object) -> None:
+        if not waited:  # the first attempt only: a retry finds the tables
+            waited.append(True)
+            barrier.wait(timeout=60)
+            time.sleep(delay)
+
+    # Fired after the "does the table exist" checks and before the CREATE TABLE statements.
+    sqlalchemy.event.listen(sqlalchemy.MetaData, "before_create", wait_for_the_others)
+    open_study(options, load_config("maze", "stpn"))
+
+
+def test_workers_racing_to_create_a_new_databases_tables_all_open_one_study(shared_study):
+    # CI met this race on a new PostgreSQL database ("relation studies already exists").
+    storage, name = shared_study
+    options = TuneOptions(task="maze", core="stpn", storage=storage, study_name=name)
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(3)
+    workers = [
+        context.Process(target=_open_once_all_checked, args=(options, barrier, 2.0 * i))
+        for i in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    (default,) = optuna.load_study(study_name=name, storage=storage).trials  # queued once
+    assert default.state == TrialState.WAITING and default.user_attrs["default"]
 
 
 def test_two_worker_processes_share_one_storage(tiny_config, tmp_path, shared_study):

@@ -84,7 +84,8 @@ def open_study(options: TuneOptions, base: dict[str, Any]) -> optuna.Study:
     Heartbeats let a killed worker's trial be failed, then retried once, rather than stay
     "running" for ever. SQLite waits for a lock rather than failing when workers write at once,
     and workers that start together on a new database may race to create its tables: the loser
-    simply opens the tables the winner made.
+    (whichever of its statements the server refused) retries and opens the tables the winner
+    made.
     """
     engine_kwargs: dict[str, Any] = {}
     if options.storage_url.startswith("sqlite"):
@@ -104,7 +105,11 @@ def open_study(options: TuneOptions, base: dict[str, Any]) -> optuna.Study:
                     ),
                 )
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+        except (
+            sqlalchemy.exc.IntegrityError,  # PostgreSQL: a duplicate key in its catalogue
+            sqlalchemy.exc.OperationalError,  # SQLite: "table ... already exists"
+            sqlalchemy.exc.ProgrammingError,  # PostgreSQL: DuplicateTable
+        ):
             if attempt == CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.1 * 2**attempt)  # another worker is creating the same tables
