@@ -1,23 +1,33 @@
-/* The STPN time loop, forward and hand-derived backward, fused per (sample, step).
+/* The STPN time loop, forward and hand-derived backward, fused per (group of samples, step).
  *
  * Why C: per step the STPN touches its B x H x D memory F a dozen times; as separate torch ops
- * each touch is a pass through main memory. Here the loops run sample by sample, so one sample's
- * H x D block (and its gradient) stays in cache for the whole sequence. The forward keeps F only
- * every K steps (checkpoints); the backward recomputes each K-step chunk of one sample into a
- * small cache-resident workspace and walks it backwards. Compiled once (about a second, no torch
- * headers) and called through ctypes; the math is that of stpn_core/stpn/loop.py, which
- * documents the notation. Samples [b0, b1) only, so callers can split the batch across threads.
- * Whole groups of samples run with the samples in the vector lanes (the second half of this
- * file); the per-sample loops of the first half take the samples left over.
+ * each touch is a pass through main memory. Here the loops run one group of samples at a time, so
+ * the group's H x D block (and its gradient) stays in cache for the whole sequence. The forward
+ * keeps F only every K steps (checkpoints); the backward recomputes each K-step chunk into a
+ * small cache-resident workspace and walks it backwards. Compiled once per build (about a
+ * second, no torch headers) and called through ctypes; the math is that of
+ * stpn_core/stpn/loop.py, which documents the notation. Samples [b0, b1) only, a multiple of
+ * LANES, so callers can split the batch across threads.
  *
- * REAL is float or double (-DREAL=...). Arrays are contiguous and batch-major, so one sample's
- * sequence is one contiguous block and the torch side needs no transposes: x and its gradient
- * (B,T,NI), h0 (B,H), out/R/S/R2 and the output gradient (B,T,H), F0 (B,H,D), checkpoints
- * (B,ceil(T/K)-1,H,D) (F at t = K, 2K, ...; F0 is the one at t = 0). The presynaptic vector
- * v_t = [x_t; h_{t-1}] is assembled per step from x, h0 and out, instead of being stored. lam and
- * gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since Λ⊙(M + Γ⊙Δ) =
- * Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated output memory costs
- * a page fault per 4 KiB on first touch, so nothing is stored that can be rebuilt cheaply.
+ * A group is LANES samples with the samples in the vector lanes: a vector holds one synapse
+ * (i, j) of LANES samples, W, Λ and Γe (the same for every sample) are broadcast, and every
+ * per-sample quantity (sums, norms, divisions, activations, gradient accumulators) is a whole
+ * vector, so nothing is reduced across lanes until the batch is done. The same source is built
+ * with LANES = 1 for the samples left over after the last whole group (and for a batch smaller
+ * than a group, such as a single long sequence): a "vector" is then one REAL, and the compiler
+ * vectorises along the row j instead.
+ *
+ * REAL is float or double (-DREAL=...), LANES the samples per vector (-DLANES=...). Arrays are
+ * contiguous and batch-major, so one sample's sequence is one contiguous block and the torch
+ * side needs no transposes: x and its gradient (B,T,NI), h0 (B,H), out and the output gradient
+ * (B,T,H), F0 (B,H,D). Only C reads S, R, R2 (B,T,H) and the checkpoints (B,ceil(T/K)-1,H,D) (F at
+ * t = K, 2K, ...; F0 is the one at t = 0): a group stores its blocks of them lane-interleaved
+ * ([.][lane]); x, h0, F0, out and the gradients are gathered or scattered once per step. The
+ * presynaptic vector v_t = [x_t; h_{t-1}] is assembled per step from x, h0 and out, instead of
+ * being stored. lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since
+ * Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated
+ * output memory costs a page fault per 4 KiB on first touch, so nothing is stored that can be
+ * rebuilt cheaply.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,159 +39,42 @@ typedef struct {
     double clamp, eps; /* clamp <= 0: none */
 } Cfg;
 
-/* Scratch aligned to whole cache lines: with rows of a multiple of 8 floats no vector load
- * straddles two lines (malloc only guarantees 16 bytes). */
+/* Scratch aligned to whole cache lines, so that no aligned vector load straddles two lines
+ * (malloc only guarantees 16 bytes). */
 static REAL *scratch(long n) {
     const size_t bytes = ((sizeof(REAL) * (size_t)n + 63) / 64 + 1) * 64;
     return aligned_alloc(64, bytes);
 }
 
-/* h = act(a) in place over one sample's units, vectorised (exp from the vector math library).
+/* h = act(a) in place over n values (a group's units), vectorised (exp from the vector math library).
  * Both activations take exp of -|a| only, so its value lies in (0, 1] for any finite a and
  * no divisor can overflow (the former 1 - 2/(exp(2a) + 1) gave NaN in float32 from a = 44 on:
  * under -ffast-math a division may become a reciprocal estimate refined by a Newton step, which
  * turns an infinite divisor into NaN). The quotient is the small term (q = e/(1+e)), so even an
  * estimated division leaves the saturated values exactly ±1, 0 and 1, as torch's. */
-static void activate_all(REAL *h, long H, int act) {
+static void activate_all(REAL *h, long n, int act) {
     switch (act) {
     case 0:
 #pragma omp simd
-        for (long i = 0; i < H; i++) {
+        for (long i = 0; i < n; i++) {
             const REAL e = exp(-2 * fabs(h[i])), t = 1 - 2 * e / (1 + e);
             h[i] = h[i] < 0 ? -t : t;
         }
         break;
     case 1:
 #pragma omp simd
-        for (long i = 0; i < H; i++) {
+        for (long i = 0; i < n; i++) {
             const REAL e = exp(-fabs(h[i])), q = e / (1 + e);
             h[i] = h[i] < 0 ? q : 1 - q;
         }
         break;
     case 2:
 #pragma omp simd
-        for (long i = 0; i < H; i++) h[i] = h[i] > 0 ? h[i] : 0;
+        for (long i = 0; i < n; i++) h[i] = h[i] > 0 ? h[i] : 0;
         break;
     default:
         break;
     }
-}
-
-static inline REAL activation_grad(REAL h, int act) {
-    switch (act) {
-    case 0: return 1 - h * h;
-    case 1: return h * (1 - h);
-    case 2: return h > 0 ? 1 : 0;
-    default: return 1;
-    }
-}
-
-/* v_t = [x_t; h_{t-1}] of sample b (x_t alone for a feed-forward layer), in buf if needed. */
-static const REAL *presynaptic_prev(const Cfg *c, const REAL *x, const REAL *h0, const REAL *out,
-                                    long b, long t, REAL *buf) {
-    const REAL *xt = x + (b * c->T + t) * c->NI;
-    if (!c->recurrent) return xt;
-    memcpy(buf, xt, sizeof(REAL) * c->NI);
-    memcpy(buf + c->NI, t ? out + (b * c->T + t - 1) * c->H : h0 + b * c->H, sizeof(REAL) * c->H);
-    return buf;
-}
-
-/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). One element is `item`
- * bytes: a REAL for one sample, a vector for a group of samples in the lanes. */
-static const void *joined_u(const Cfg *c, const void *v, const void *h, void *buf, size_t item) {
-    if (!(c->current && c->recurrent)) return v;
-    memcpy(buf, v, item * c->NI);
-    memcpy((char *)buf + item * c->NI, h, item * c->H);
-    return buf;
-}
-
-static const REAL *presynaptic(const Cfg *c, const REAL *v, const REAL *h, REAL *buf) {
-    return joined_u(c, v, h, buf, sizeof(REAL));
-}
-
-/* F_{t+1} of one sample from F_t, h_t, u_t and the stored norms. With store_r2 the post norm is
- * computed and stored; otherwise the stored one is used, so a recomputation is bit-identical. */
-static void update_memory(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
-                          const REAL *F, REAL *Fn, const REAL *u, const REAL *h, const REAL *R,
-                          REAL *R2, unsigned char *mask, int store_r2) {
-    const long H = c->H, D = c->D;
-    for (long i = 0; i < H; i++) {
-        const REAL *restrict Fi = F + i * D, *restrict li = lam + i * D, *restrict gi = gam + i * D;
-        REAL *restrict Pi = Fn + i * D;
-        const REAL inv = (c->normalise && !c->post) ? 1 / (R[i] + (REAL)c->eps) : 1, hi = h[i];
-#pragma omp simd
-        for (long j = 0; j < D; j++) Pi[j] = li[j] * (Fi[j] * inv) + gi[j] * (hi * u[j]);
-        if (c->clamp > 0) {
-            const REAL cl = (REAL)c->clamp;
-            if (mask) {
-                unsigned char *restrict mi = mask + i * D;
-#pragma omp simd
-                for (long j = 0; j < D; j++) mi[j] = (Pi[j] >= -cl) && (Pi[j] <= cl);
-            }
-#pragma omp simd
-            for (long j = 0; j < D; j++) Pi[j] = Pi[j] > cl ? cl : (Pi[j] < -cl ? -cl : Pi[j]);
-        }
-        if (c->post) {
-            if (store_r2) {
-                const REAL *restrict Wi = W + i * D;
-                REAL ss = 0;
-#pragma omp simd reduction(+ : ss)
-                for (long j = 0; j < D; j++) ss += (Wi[j] + Pi[j]) * (Wi[j] + Pi[j]);
-                R2[i] = sqrt(ss);
-            }
-            const REAL inv2 = 1 / (R2[i] + (REAL)c->eps);
-#pragma omp simd
-            for (long j = 0; j < D; j++) Pi[j] *= inv2;
-        }
-    }
-}
-
-static void sample_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
-                  const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
-                  REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-    const long T = c->T, H = c->H, D = c->D, HD = c->H * c->D;
-    const long n_ckpt = (T + c->K - 1) / c->K - 1;
-    REAL *Fa = scratch(HD), *Fb = scratch(HD), *ubuf = scratch(D), *vbuf = scratch(D);
-    for (long b = b0; b < b1; b++) {
-        REAL *F = Fa, *Fn = Fb;
-        memcpy(F, F0 + b * HD, sizeof(REAL) * HD);
-        for (long t = 0; t < T; t++) {
-            const long tb = b * T + t; /* (b, t) in the (B,T,.) arrays */
-            if (t > 0 && t % c->K == 0)
-                memcpy(ckpt + (b * n_ckpt + t / c->K - 1) * HD, F, sizeof(REAL) * HD);
-            const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf);
-            REAL *h = out + tb * H;
-            for (long i = 0; i < H; i++) {
-                const REAL *restrict Wi = W + i * D, *restrict Fi = F + i * D;
-                REAL ss = 0, s = 0;
-#pragma omp simd reduction(+ : ss, s)
-                for (long j = 0; j < D; j++) {
-                    const REAL g = Wi[j] + Fi[j];
-                    ss += g * g;
-                    s += g * v[j];
-                }
-                REAL a = s;
-                if (c->normalise) {
-                    const REAL r = sqrt(ss);
-                    R[tb * H + i] = r;
-                    a = s / (r + (REAL)c->eps);
-                }
-                S[tb * H + i] = s;
-                h[i] = c->has_bias ? a + bias[i] : a;
-            }
-            activate_all(h, H, c->act);
-            update_memory(c, W, lam, gam, F, Fn, presynaptic(c, v, h, ubuf), h,
-                          c->normalise ? R + tb * H : NULL, c->post ? R2 + tb * H : NULL, NULL, 1);
-            REAL *tmp = F;
-            F = Fn;
-            Fn = tmp;
-        }
-        memcpy(F_final + b * HD, F, sizeof(REAL) * HD);
-    }
-    free(Fa);
-    free(Fb);
-    free(ubuf);
-    free(vbuf);
 }
 
 /* Rows are walked back in blocks of ROW_BLOCK: first the part of every row that needs only
@@ -190,213 +83,25 @@ static void sample_forward(const Cfg *c, long b0, long b1, const REAL *W, const 
  * scalars. A block's rows stay in L1 between the passes. */
 #define ROW_BLOCK 8
 
-/* One step back for one sample. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
- * likewise carries dL/dh_t -> dL/dh_{t-1}. gW, gb, glam, ghebb (dL/d effective gamma) accumulate.
- * With presynaptic="current" every unit's output gradient also needs the Hebbian gradient of
- * u_t = [x_t; h_t] from all rows, so the block is the whole layer. gP is a (block, D) buffer;
- * g_hebb, pre_dot, gs, coef and pinv are (H) scratch. */
-static void step_backward(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
-                          const REAL *F, const REAL *Fn, const unsigned char *mask, const REAL *v,
-                          const REAL *u, const REAL *h, const REAL *R, const REAL *S,
-                          const REAL *R2, const REAL *grad_out, REAL *gF, REAL *gh, REAL *gx,
-                          REAL *gW, REAL *gb, REAL *glam, REAL *ghebb, REAL *gP, REAL *gu,
-                          REAL *gv, REAL *g_hebb, REAL *pre_dot, REAL *gs, REAL *coef,
-                          REAL *pinv) {
-    const long H = c->H, D = c->D, NI = c->NI;
-    const int pre_norm = c->normalise && !c->post, deferred = c->current && c->recurrent;
-    const int alias = !c->post && !(c->clamp > 0); /* dL/dP = dL/dF_{t+1}: read gF in place */
-    const long RB = deferred ? H : ROW_BLOCK;
-    const REAL eps = (REAL)c->eps;
-    memset(gu, 0, sizeof(REAL) * D);
-    memset(gv, 0, sizeof(REAL) * D);
-    for (long i0 = 0; i0 < H; i0 += RB) {
-        const long i1 = i0 + RB < H ? i0 + RB : H;
-        for (long i = i0; i < i1; i++) { /* dL/dP and everything that only needs it */
-            const REAL *restrict gFi = gF + i * D, *restrict Fi = F + i * D;
-            const REAL *restrict Wi = W + i * D, *restrict gi = gam + i * D;
-            const REAL *restrict li = lam + i * D;
-            REAL *restrict gWi = gW + i * D;
-            REAL *restrict gPw = gP + (i - i0) * D;
-            if (c->post) {
-                const REAL *restrict Fni = Fn + i * D;
-                const REAL r2 = R2[i], n2 = r2 + eps;
-                REAL dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (long j = 0; j < D; j++) dot += gFi[j] * Fni[j];
-                const REAL k = r2 > 0 ? dot / (n2 * r2) : 0, inv2 = 1 / n2; /* 0 at a zero row, as torch */
-#pragma omp simd
-                for (long j = 0; j < D; j++) {
-                    const REAL wc = Wi[j] + n2 * Fni[j];
-                    gPw[j] = gFi[j] * inv2 - k * wc;
-                    gWi[j] -= k * wc;
-                }
-                if (c->clamp > 0) {
-                    const unsigned char *restrict mi = mask + i * D;
-#pragma omp simd
-                    for (long j = 0; j < D; j++) gPw[j] = mi[j] ? gPw[j] : 0;
-                }
-            } else if (c->clamp > 0) {
-                const unsigned char *restrict mi = mask + i * D;
-#pragma omp simd
-                for (long j = 0; j < D; j++) gPw[j] = mi[j] ? gFi[j] : 0;
-            }
-            const REAL *restrict gPi = alias ? gFi : gPw;
-            const REAL hi = h[i], inv = pre_norm ? 1 / (R[i] + eps) : 1;
-            REAL *restrict glami = glam + i * D, *restrict ghebbi = ghebb + i * D;
-            REAL acc = 0, dot = 0;
-            if (pre_norm) {
-#pragma omp simd reduction(+ : acc, dot)
-                for (long j = 0; j < D; j++) {
-                    const REAL gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
-                    acc += gpg * u[j];
-                    dot += li[j] * gpF;
-                    gu[j] += gpg * hi;
-                    ghebbi[j] += gp * (hi * u[j]);
-                    glami[j] += gpF * inv;
-                }
-            } else {
-#pragma omp simd reduction(+ : acc)
-                for (long j = 0; j < D; j++) {
-                    const REAL gp = gPi[j], gpg = gp * gi[j];
-                    acc += gpg * u[j];
-                    gu[j] += gpg * hi;
-                    ghebbi[j] += gp * (hi * u[j]);
-                    glami[j] += gp * Fi[j];
-                }
-            }
-            g_hebb[i] = acc;
-            pre_dot[i] = dot;
-        }
-        /* Per unit: dL/da through the activation, then dL/ds and the norm's coefficient. */
-        const REAL *restrict gx_h = deferred ? gu + NI : NULL;
-#pragma omp simd
-        for (long i = i0; i < i1; i++) {
-            REAL g_total = grad_out[i] + gh[i] + g_hebb[i];
-            if (gx_h) g_total += gx_h[i];
-            const REAL ga = g_total * activation_grad(h[i], c->act);
-            gb[i] += ga;
-            if (c->normalise) {
-                const REAL r = R[i], n = r + eps, in = 1 / n;
-                gs[i] = ga * in;
-                REAL gn = -ga * S[i] * in * in;
-                if (!c->post) gn -= pre_dot[i] * in * in;
-                coef[i] = r > 0 ? gn / r : 0; /* a zero row: vector_norm's gradient is 0 */
-                pinv[i] = c->post ? 1 : in;
-            } else {
-                gs[i] = ga;
-                coef[i] = 0;
-                pinv[i] = 1;
-            }
-        }
-        for (long i = i0; i < i1; i++) { /* the part through the output and the norm */
-            REAL *gFi = gF + i * D; /* may alias gPi: each element is read before written */
-            const REAL *gPi = alias ? gFi : gP + (i - i0) * D;
-            REAL *restrict gWi = gW + i * D;
-            const REAL *restrict Fi = F + i * D, *restrict Wi = W + i * D;
-            const REAL *restrict li = lam + i * D;
-            const REAL gsi = gs[i], ci = coef[i], pi = pinv[i];
-#pragma omp simd
-            for (long j = 0; j < D; j++) {
-                const REAL G = Wi[j] + Fi[j];
-                const REAL gG = gsi * v[j] + ci * G;
-                gWi[j] += gG;
-                gv[j] += gsi * G;
-                gFi[j] = gG + li[j] * gPi[j] * pi;
-            }
-        }
-    }
-    if (deferred) {
-        if (gx)
-            for (long j = 0; j < NI; j++) gx[j] = gv[j] + gu[j];
-        memcpy(gh, gv + NI, sizeof(REAL) * H);
-    } else {
-        for (long j = 0; j < D; j++) gv[j] += gu[j];
-        if (gx) memcpy(gx, gv, sizeof(REAL) * NI);
-        if (c->recurrent) memcpy(gh, gv + NI, sizeof(REAL) * H);
-    }
-}
-
-/* grad_F (B,H,D) is dL/dF_T, or NULL for zero; gF receives dL/dF_0 and gh dL/dh_{-1}, gx
- * dL/dx. gF and gx may be NULL when those gradients are not wanted. */
-static void sample_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
-                   const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
-                   const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
-                   const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
-                   REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
-    const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
-    const long n_ckpt = (T + K - 1) / K - 1;
-    const int deferred = c->current && c->recurrent;
-    REAL *ws = scratch(HD * (K + 1)), *gP = scratch(deferred ? HD : ROW_BLOCK * D);
-    unsigned char *mask = c->clamp > 0 ? malloc(HD * K) : NULL;
-    REAL *gu = scratch(D), *gv = scratch(D), *ubuf = scratch(D), *vbuf = scratch(D);
-    REAL *g_hebb = scratch(H), *gF_own = gF ? NULL : scratch(HD);
-    REAL *pre_dot = scratch(H), *gs = scratch(H), *coef = scratch(H), *pinv = scratch(H);
-    const REAL *noR = NULL;
-    for (long b = b0; b < b1; b++) {
-        REAL *gFb = gF ? gF + b * HD : gF_own;
-        if (grad_F) memcpy(gFb, grad_F + b * HD, sizeof(REAL) * HD);
-        else memset(gFb, 0, sizeof(REAL) * HD);
-        memset(gh + b * H, 0, sizeof(REAL) * H);
-        for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
-            const long t1 = t0 + K < T ? t0 + K : T;
-            const REAL *start = t0 ? ckpt + (b * n_ckpt + t0 / K - 1) * HD : F0 + b * HD;
-            memcpy(ws, start, sizeof(REAL) * HD);
-            for (long t = t0; t < t1; t++) { /* recompute F over the chunk, with the clamp mask */
-                const long tb = b * T + t;
-                const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf);
-                update_memory(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
-                              presynaptic(c, v, out + tb * H, ubuf), out + tb * H,
-                              c->normalise ? R + tb * H : noR, c->post ? (REAL *)R2 + tb * H : NULL,
-                              mask ? mask + (t - t0) * HD : NULL, 0);
-            }
-            for (long t = t1 - 1; t >= t0; t--) {
-                const long tb = b * T + t;
-                const REAL *v = presynaptic_prev(c, x, h0, out, b, t, vbuf), *h = out + tb * H;
-                step_backward(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
-                              mask ? mask + (t - t0) * HD : NULL, v, presynaptic(c, v, h, ubuf), h,
-                              c->normalise ? R + tb * H : noR, S + tb * H,
-                              c->post ? R2 + tb * H : NULL, grad_out + tb * H, gFb, gh + b * H,
-                              gx ? gx + tb * NI : NULL, gW, gb, glam, ghebb, gP, gu, gv, g_hebb,
-                              pre_dot, gs, coef, pinv);
-            }
-        }
-    }
-    free(ws);
-    free(gP);
-    free(mask);
-    free(gu);
-    free(gv);
-    free(ubuf);
-    free(vbuf);
-    free(gF_own);
-    free(g_hebb);
-    free(pre_dot);
-    free(gs);
-    free(coef);
-    free(pinv);
-}
-
-/* ---- Samples in the SIMD lanes ----
- * The loops above run one sample at a time with the row j in the vector lanes: every row ends in
- * a horizontal sum, and the per-unit norms, divisions and activations run on scalars. Below, a
- * group of LANES samples runs together with the samples in the lanes: a vector holds one
- * synapse (i, j) of LANES samples, W, Λ and Γe (the same for every sample) are broadcast, and
- * every per-sample quantity (sums, norms, divisions, activations, gradient accumulators) is a
- * whole vector, so nothing is reduced across lanes until the batch is done. The group's
- * memories are stored lane-interleaved ([i][j][lane]), as are its S, R, R2 and checkpoints
- * (their (B,T,H) and (B,.,H,D) blocks of the group's samples are contiguous and only C reads
- * them); x, h0, F0, out and the gradients keep their batch-major layout and are gathered or
- * scattered once per step. Samples left over after the last whole group run on the loops above.
- * VEC_BITS (256 or 512) is the vector width; the arithmetic is that of the loops above. */
-#ifndef VEC_BITS
-#define VEC_BITS 256
+#ifndef LANES
+#define LANES 8
 #endif
-#define LANES ((long)(VEC_BITS / 8 / sizeof(REAL)))
+
+#if LANES == 1
+typedef REAL vec;
+
+static inline vec bc(REAL s) { return s; }
+static inline vec vsqrt(vec a) { return sqrt(a); }
+/* a where c > 0, else 0: the norm's gradient at a zero row (as torch's vector_norm). */
+static inline vec vpositive(vec c, vec a) { return c > 0 ? a : 0; }
+static inline vec vclamp(vec p, REAL cl) { return p > cl ? cl : (p < -cl ? -cl : p); }
+/* g where the clamp let p through, else 0. */
+static inline vec vinside(vec p, REAL cl, vec g) { return (p >= -cl) & (p <= cl) ? g : 0; }
+static inline vec relu_grad(vec h) { return h > 0 ? 1 : 0; }
+#else
 /* Aligned to REAL only: the stored S, R, R2 and checkpoints start where the caller's batch split
  * puts them (unaligned vector loads cost the same as aligned ones on data that is aligned). */
-typedef REAL vec __attribute__((vector_size(VEC_BITS / 8), aligned(sizeof(REAL))));
-
-long stpn_lanes(void) { return LANES; }
+typedef REAL vec __attribute__((vector_size(LANES * sizeof(REAL)), aligned(sizeof(REAL))));
 
 static inline vec bc(REAL s) { return (vec){0} + s; }
 
@@ -412,23 +117,45 @@ static inline vec vsqrt(vec a) {
     return r;
 }
 
-/* a where c > 0, else 0: the norm's gradient at a zero row (see step_backward). */
 static inline vec vpositive(vec c, vec a) { return (vec)((vmask)a & (c > bc(0))); }
 
 static inline vec vclamp(vec p, REAL cl) {
     return vselect(p > bc(cl), bc(cl), vselect(p < bc(-cl), bc(-cl), p));
 }
 
-/* g where the clamp let p through, else 0. */
 static inline vec vinside(vec p, REAL cl, vec g) {
     return (vec)((vmask)g & ((p >= bc(-cl)) & (p <= bc(cl))));
+}
+
+static inline vec relu_grad(vec h) { return (vec)((vmask)bc(1) & (h > bc(0))); }
+#endif
+
+long stpn_lanes(void) { return LANES; }
+
+/* In the one-sample build, asks the compiler to vectorise the loop that follows (along a row, or
+ * over units; the clauses name its sums); the group build's loops are vector code already. */
+#if LANES == 1
+#define PRAGMA(text) _Pragma(#text)
+#define VECTORISE(clauses) PRAGMA(omp simd clauses)
+#else
+#define VECTORISE(clauses)
+#endif
+
+/* A group's row sum runs in CHAINS interleaved partial sums, so the adds do not wait on each
+ * other; the one-sample build needs one, which the compiler splits across a vector's values. */
+#define CHAINS (LANES == 1 ? 1 : 4)
+
+static inline vec sum_chains(const vec *s) {
+    vec total = s[0];
+    for (int k = 1; k < CHAINS; k++) total += s[k];
+    return total;
 }
 
 static inline vec vactivation_grad(vec h, int act) {
     switch (act) {
     case 0: return 1 - h * h;
     case 1: return h * (1 - h);
-    case 2: return (vec)((vmask)bc(1) & (h > bc(0)));
+    case 2: return relu_grad(h);
     default: return bc(1);
     }
 }
@@ -436,6 +163,14 @@ static inline vec vactivation_grad(vec h, int act) {
 /* P = Λ⊙M + Γe⊙(h u) for one synapse of the group: one expression for the forward and the
  * backward's recomputation of the clamp mask, so both round alike. */
 static inline vec plastic(REAL lam, vec M, REAL gam, vec hu) { return lam * M + gam * hu; }
+
+/* u_t: v_t, or [x_t; h_t] for presynaptic="current" (written into buf). */
+static const vec *group_u(const Cfg *c, const vec *v, const vec *h, vec *buf) {
+    if (!(c->current && c->recurrent)) return v;
+    memcpy(buf, v, sizeof(vec) * c->NI);
+    memcpy(buf + c->NI, h, sizeof(vec) * c->H);
+    return buf;
+}
 
 /* A group's workspace (a few memories of LANES samples: hundreds of KiB to MiB) kept per thread
  * between calls in one of two slots: allocated afresh, its pages would be faulted in on every
@@ -452,6 +187,22 @@ static vec *kept(int slot, long n) {
     return buffers[slot];
 }
 
+#if LANES == 1
+/* dst[k] = src[k]: one sample's values need no transposing. */
+static void gather(vec *restrict dst, const REAL *restrict src, long stride, long n) {
+    (void)stride;
+    memcpy(dst, src, sizeof(REAL) * n);
+}
+
+static void scatter(REAL *restrict dst, long stride, const vec *restrict src, long n) {
+    (void)stride;
+    memcpy(dst, src, sizeof(REAL) * n);
+}
+
+static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
+    for (long k = 0; k < n; k++) dst[k] += src[k];
+}
+#else
 /* Transposing LANES x LANES tiles in registers: at each scale d (1, 2, 4, ...) the off-diagonal
  * d x d blocks of every 2d x 2d block swap, with two two-source shuffles per pair of rows. The
  * shuffle patterns are the same for every tile, so they are built once per call. */
@@ -509,6 +260,15 @@ static void scatter(REAL *restrict dst, long stride, const vec *restrict src, lo
         for (long l = 0; l < LANES; l++) dst[l * stride + k] = src[k][l];
 }
 
+static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
+    for (long k = 0; k < n; k++) {
+        REAL sum = 0;
+        for (long l = 0; l < LANES; l++) sum += src[k][l];
+        dst[k] += sum;
+    }
+}
+#endif
+
 /* v_t of the group: x_t, then h_{t-1} (from h0 or out) for a recurrent layer. */
 static void group_presynaptic(const Cfg *c, const REAL *x, const REAL *h0, const REAL *out,
                               long b0, long t, vec *v) {
@@ -520,23 +280,18 @@ static void group_presynaptic(const Cfg *c, const REAL *x, const REAL *h0, const
     }
 }
 
-static const vec *group_u(const Cfg *c, const vec *v, const vec *h, vec *buf) {
-    return joined_u(c, v, h, buf, sizeof(vec));
-}
-
-/* h_t = act(G v / n + b) of the group, storing S and R. Each row's sums run in four interleaved
- * partial sums, so the adds do not wait on each other. */
+/* h_t = act(G v / n + b) of the group, storing S and R. */
 static void group_outputs(const Cfg *c, const REAL *W, const REAL *bias, const vec *F,
                           const vec *v, vec *h, vec *S, vec *R) {
     const long H = c->H, D = c->D;
     for (long i = 0; i < H; i++) {
         const REAL *restrict Wi = W + i * D;
         const vec *restrict Fi = F + i * D;
-        vec ss[4], s[4];
-        for (int k = 0; k < 4; k++) ss[k] = s[k] = bc(0);
+        vec ss[CHAINS], s[CHAINS];
+        for (int k = 0; k < CHAINS; k++) ss[k] = s[k] = bc(0);
         long j = 0;
-        for (; j + 4 <= D; j += 4)
-            for (int k = 0; k < 4; k++) {
+        for (; j + CHAINS <= D; j += CHAINS)
+            for (int k = 0; k < CHAINS; k++) {
                 const vec g = Fi[j + k] + Wi[j + k];
                 ss[k] += g * g;
                 s[k] += g * v[j + k];
@@ -546,10 +301,10 @@ static void group_outputs(const Cfg *c, const REAL *W, const REAL *bias, const v
             ss[0] += g * g;
             s[0] += g * v[j];
         }
-        const vec sum = (s[0] + s[1]) + (s[2] + s[3]);
+        const vec sum = sum_chains(s);
         vec a = sum;
         if (c->normalise) {
-            const vec r = vsqrt((ss[0] + ss[1]) + (ss[2] + ss[3]));
+            const vec r = vsqrt(sum_chains(ss));
             R[i] = r;
             a = sum / (r + (REAL)c->eps);
         }
@@ -559,7 +314,8 @@ static void group_outputs(const Cfg *c, const REAL *W, const REAL *bias, const v
     activate_all((REAL *)h, H * LANES, c->act);
 }
 
-/* F_{t+1} of the group (update_memory with the samples in the lanes). */
+/* F_{t+1} of the group from F_t, h_t, u_t and the stored norms. With store_r2 the post norm is
+ * computed and stored; otherwise the stored one is used, so a recomputation is bit-identical. */
 static void group_update(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
                          const vec *F, vec *Fn, const vec *u, const vec *h, const vec *R,
                          vec *R2, int store_r2) {
@@ -621,15 +377,9 @@ static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias
 void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
                   const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
                   REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-    const long groups = (b1 - b0) / LANES, rest = b0 + groups * LANES;
-    if (groups) {
-        vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
-        for (long g = 0; g < groups; g++)
-            group_forward(c, b0 + g * LANES, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt,
-                          F_final, work);
-    }
-    if (rest < b1)
-        sample_forward(c, rest, b1, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final);
+    vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
+    for (long g0 = b0; g0 + LANES <= b1; g0 += LANES)
+        group_forward(c, g0, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final, work);
 }
 
 /* Per-lane sums of the parameter gradients over the groups, reduced across lanes at the end. */
@@ -637,8 +387,12 @@ typedef struct {
     vec *gW, *glam, *ghebb, *gb;
 } LaneGrads;
 
-/* One step back for the group (step_backward with the samples in the lanes). go holds
- * dL/dh_t from the output; on exit gv[0:NI] holds dL/dx_t. */
+/* One step back for the group. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
+ * likewise carries dL/dh_t -> dL/dh_{t-1}; go holds dL/dh_t from the output; on exit gv[0:NI]
+ * holds dL/dx_t. The parameter gradients accumulate in acc (dL/d(W, Λ, Γe, b), per lane). With
+ * presynaptic="current" every unit's output gradient also needs the Hebbian gradient of
+ * u_t = [x_t; h_t] from all rows, so the block is the whole layer. gP is a (block, D) buffer,
+ * unit five (H) buffers. */
 static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
                             const vec *F, const vec *Fn, const vec *v, const vec *u,
                             const vec *h, const vec *R, const vec *S, const vec *R2,
@@ -666,14 +420,15 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             if (c->post) {
                 const vec *restrict Fni = Fn + i * D;
                 const vec r2 = R2[i], n2 = r2 + eps;
-                vec d[4];
-                for (int k = 0; k < 4; k++) d[k] = bc(0);
+                vec d[CHAINS];
+                for (int k = 0; k < CHAINS; k++) d[k] = bc(0);
                 long j = 0;
-                for (; j + 4 <= D; j += 4)
-                    for (int k = 0; k < 4; k++) d[k] += gFi[j + k] * Fni[j + k];
+                for (; j + CHAINS <= D; j += CHAINS)
+                    for (int k = 0; k < CHAINS; k++) d[k] += gFi[j + k] * Fni[j + k];
                 for (; j < D; j++) d[0] += gFi[j] * Fni[j];
-                const vec k = vpositive(r2, ((d[0] + d[1]) + (d[2] + d[3])) / (n2 * r2));
+                const vec k = vpositive(r2, sum_chains(d) / (n2 * r2));
                 const vec inv2 = 1 / n2;
+                VECTORISE()
                 for (long j = 0; j < D; j++) {
                     const vec wc = Wi[j] + n2 * Fni[j];
                     vec gp = gFi[j] * inv2 - k * wc;
@@ -690,6 +445,7 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             const vec *gPi = alias ? gFi : gPw;
             vec a = bc(0), dot = bc(0);
             if (pre_norm) {
+                VECTORISE(reduction(+ : a, dot))
                 for (long j = 0; j < D; j++) {
                     const vec gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
                     a += gpg * u[j];
@@ -699,6 +455,7 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
                     glami[j] += gpF * inv;
                 }
             } else {
+                VECTORISE(reduction(+ : a))
                 for (long j = 0; j < D; j++) {
                     const vec gp = gPi[j], gpg = gp * gi[j];
                     a += gpg * u[j];
@@ -710,7 +467,9 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             g_hebb[i] = a;
             pre_dot[i] = dot;
         }
-        for (long i = i0; i < i1; i++) { /* per unit, as in step_backward */
+        /* Per unit: dL/da through the activation, then dL/ds and the norm's coefficient. */
+        VECTORISE()
+        for (long i = i0; i < i1; i++) {
             vec g_total = go[i] + gh[i] + g_hebb[i];
             if (deferred) g_total += gu[NI + i];
             const vec ga = g_total * vactivation_grad(h[i], c->act);
@@ -735,6 +494,7 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             const vec *restrict Fi = F + i * D;
             const REAL *restrict Wi = W + i * D, *restrict li = lam + i * D;
             const vec gsi = gs[i], ci = coef[i], pi = pinv[i];
+            VECTORISE()
             for (long j = 0; j < D; j++) {
                 const vec G = Fi[j] + Wi[j];
                 const vec gG = gsi * v[j] + ci * G;
@@ -789,35 +549,21 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     scatter(gh_out + b0 * H, H, gh, H);
 }
 
-static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
-    for (long k = 0; k < n; k++) {
-        REAL sum = 0;
-        for (long l = 0; l < LANES; l++) sum += src[k][l];
-        dst[k] += sum;
-    }
-}
-
 void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
                    const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
                    const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
                    const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
                    REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
-    const long groups = (b1 - b0) / LANES, rest = b0 + groups * LANES;
     const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K;
-    if (groups) {
-        const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
-        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
-        memset(sums, 0, sizeof(vec) * (3 * HD + H));
-        const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
-        for (long g = 0; g < groups; g++)
-            group_backward(c, b0 + g * LANES, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2,
-                           grad_out, grad_F, gF, gh, gx, &acc, work);
-        reduce_lanes(gW, acc.gW, HD);
-        reduce_lanes(glam, acc.glam, HD);
-        reduce_lanes(ghebb, acc.ghebb, HD);
-        reduce_lanes(gb, acc.gb, H);
-    }
-    if (rest < b1)
-        sample_backward(c, rest, b1, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out,
-                        grad_F, gF, gh, gx, gW, gb, glam, ghebb);
+    const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
+    vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
+    memset(sums, 0, sizeof(vec) * (3 * HD + H));
+    const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
+    for (long g0 = b0; g0 + LANES <= b1; g0 += LANES)
+        group_backward(c, g0, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out, grad_F, gF,
+                       gh, gx, &acc, work);
+    reduce_lanes(gW, acc.gW, HD);
+    reduce_lanes(glam, acc.glam, HD);
+    reduce_lanes(ghebb, acc.ghebb, HD);
+    reduce_lanes(gb, acc.gb, H);
 }

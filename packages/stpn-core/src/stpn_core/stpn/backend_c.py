@@ -1,7 +1,9 @@
 """The fused loop in C: build ``native/stpn_loop.c``, load it and call it on torch tensors (ctypes).
 
 The C file includes no torch header, so building it takes about a second with the system C
-compiler; the library is cached per source, compiler flags and CPU (``$STPN_CACHE_DIR`` or
+compiler. It is built twice per dtype: with a group of samples in the vector lanes (whole groups
+of the batch) and with one sample per "vector" (the samples left over, or a batch smaller than a
+group). Each library is cached per source, compiler flags and CPU (``$STPN_CACHE_DIR`` or
 ``~/.cache/stpn_core``), so later processes only load it. Without a working compiler,
 :func:`library` returns ``None`` and the fast path runs on batched torch ops instead
 (:mod:`.backend_torch`), which gives the same results, more slowly.
@@ -38,12 +40,11 @@ SOURCE = Path(__file__).parent.parent / "native" / "stpn_loop.c"
 FLAGS = ("-O3", "-march=native", "-ffast-math", "-mrecip=none", "-fopenmp-simd", "-shared")
 FLAGS += ("-fPIC", "-std=c11")
 WIDE_ROWS = 16
-"""Rows of ``D`` a multiple of this many values get a build with 512-bit vectors (where the CPU
-has them), other rows 256-bit ones. The width matters for the samples left over after whole
-groups, which run one at a time with the row in the lanes (a row of D = 72 as 4.5 512-bit vectors
-ran 30% slower than as 9 256-bit ones); in whole groups (samples in the lanes, 16 or 8 float32
-samples per vector) both widths ran within a few percent of each other at the ART and maze
-sizes."""
+"""Rows of ``D`` a multiple of this many values get builds with 512-bit vectors, other rows
+256-bit ones. The width matters for the one-sample build, whose compiler-vectorised loops run
+along the row (a row of D = 72 as 4.5 512-bit vectors ran 30% slower than as 9 256-bit ones); in
+whole groups (16 or 8 float32 samples per vector) both widths ran within a few percent of each
+other at the ART and maze sizes."""
 REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
 WORKSPACE_BYTES = 1 << 19
 """Budget of the backward's workspace: it recomputes ``K`` steps of one sample at a time into
@@ -79,16 +80,16 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build(real: str, width: int) -> Path | None:
+def _build(real: str, width: int, lanes: int) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not SOURCE.exists():
         return None
-    flags = (*FLAGS, f"-mprefer-vector-width={width}", f"-DVEC_BITS={width}", f"-DREAL={real}")
+    flags = (*FLAGS, f"-mprefer-vector-width={width}", f"-DLANES={lanes}", f"-DREAL={real}")
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join((compiler, *flags, _cpu_signature())).encode()
     ).hexdigest()[:16]
     cache_dir = Path(os.environ.get("STPN_CACHE_DIR", Path.home() / ".cache" / "stpn_core"))
-    target = cache_dir / f"stpn_loop_{real}{width}_{key}.so"
+    target = cache_dir / f"stpn_loop_{real}{width}x{lanes}_{key}.so"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -111,13 +112,15 @@ def _build(real: str, width: int) -> Path | None:
 
 
 @cache
-def library(dtype: torch.dtype, width: int = 256) -> ctypes.CDLL | None:
-    """The loop compiled for ``dtype`` (float32 or float64) with ``width``-bit vectors, or
-    ``None`` when unavailable."""
+def library(dtype: torch.dtype, width: int = 256, grouped: bool = True) -> ctypes.CDLL | None:
+    """The loop compiled for ``dtype`` (float32 or float64) with ``width``-bit vectors, holding a
+    group of samples each (``grouped``) or one sample (then the compiler vectorises the loops
+    along the row); ``None`` when unavailable."""
     if env_flag("STPN_DISABLE_NATIVE") or dtype not in REAL_TYPES:
         return None
+    lanes = width // (8 * dtype.itemsize) if grouped else 1
     try:
-        path = _build(REAL_TYPES[dtype], width)
+        path = _build(REAL_TYPES[dtype], width, lanes)
         lib = None if path is None else ctypes.CDLL(str(path))
     except OSError:
         return None
@@ -130,17 +133,18 @@ def library(dtype: torch.dtype, width: int = 256) -> ctypes.CDLL | None:
     return lib
 
 
-def library_for(dtype: torch.dtype, row: int) -> ctypes.CDLL | None:
-    """The build for rows of ``row`` values (see :data:`WIDE_ROWS`)."""
-    if row % WIDE_ROWS == 0 and (wide := library(dtype, 512)) is not None:
-        return wide
-    return library(dtype)
+def libraries(dtype: torch.dtype, row: int) -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
+    """The group build and the one-sample build for rows of ``row`` values (see
+    :data:`WIDE_ROWS`), or ``None`` when either is unavailable."""
+    width = 512 if row % WIDE_ROWS == 0 else 256
+    group, single = library(dtype, width), library(dtype, width, grouped=False)
+    return None if group is None or single is None else (group, single)
 
 
 def usable(x: Tensor, W: Tensor) -> bool:
     """Whether the C loop can take these tensors (CPU, float32/float64, and compiled)."""
     on_cpu = x.device.type == "cpu" and W.device.type == "cpu"
-    return on_cpu and library_for(x.dtype, W.shape[1]) is not None
+    return on_cpu and libraries(x.dtype, W.shape[1]) is not None
 
 
 def _ptr(tensor: Tensor | None) -> int | None:
@@ -177,12 +181,32 @@ def _batch_ranges(batch: int, work: int, lanes: int = 1) -> list[tuple[int, int]
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-def _parallel(ranges: list[tuple[int, int]], call: Callable[[int, int, int], None]) -> None:
-    if len(ranges) == 1:
-        call(0, *ranges[0])
+Part = tuple[tuple[ctypes.CDLL, int, int], ...]
+"""One thread's share of the batch: ``(library, b0, b1)`` segments run one after the other, the
+group build's whole groups, then the one-sample build's samples left over."""
+
+
+def _parts(ranges: list[tuple[int, int]], group: ctypes.CDLL, single: ctypes.CDLL) -> list[Part]:
+    lanes = group.stpn_lanes()
+    parts = []
+    for b0, b1 in ranges:
+        rest = b0 + (b1 - b0) // lanes * lanes
+        segments = ((group, b0, rest), (single, rest, b1))
+        parts.append(tuple((lib, s0, s1) for lib, s0, s1 in segments if s0 < s1))
+    return parts
+
+
+def _parallel(parts: list[Part], call: Callable[[int, ctypes.CDLL, int, int], None]) -> None:
+    """Run each part's segments in order, the parts on the pool's threads (the first here)."""
+
+    def run(k: int) -> None:
+        for lib, b0, b1 in parts[k]:
+            call(k, lib, b0, b1)
+
+    if len(parts) == 1:
+        run(0)
         return
-    pool = _executor(os.getpid())
-    futures = [pool.submit(call, k, b0, b1) for k, (b0, b1) in enumerate(ranges)]
+    futures = [_executor(os.getpid()).submit(run, k) for k in range(len(parts))]
     for future in futures:
         future.result()
 
@@ -198,16 +222,16 @@ def _executor(pid: int) -> ThreadPoolExecutor:
 def _plan(
     config: LoopConfig, shape: tuple[int, ...], dtype: torch.dtype, has_bias: bool,
     threads: int, min_work: int,
-) -> tuple[_CArgs, list[tuple[int, int]], Callable[..., None]]:
-    """The C arguments, batch split and entry point of a forward at ``shape`` ``(T, B, I, H, D,
-    K)``, built once per shape and options: at a rollout step (``T = 1``) building them took as
-    long as the loop itself. ``threads`` and ``min_work`` (the torch threads and
+) -> tuple[_CArgs, list[Part]]:
+    """The C arguments and the batch split into :data:`Part` of a forward at ``shape`` ``(T, B,
+    I, H, D, K)``, built once per shape and options: at a rollout step (``T = 1``) building them
+    took as long as the loop itself. ``threads`` and ``min_work`` (the torch threads and
     :data:`MIN_WORK_PER_THREAD`, which :func:`_batch_ranges` reads) only key the cache. The C
     loop reads the struct (``const``), so records and threads share it."""
     T, B, _, H, D, _ = shape
-    lib = library_for(dtype, D)
-    ranges = _batch_ranges(B, B * H * D * T, lib.stpn_lanes())
-    return _c_args(config, shape, has_bias), ranges, lib.stpn_forward
+    group, single = libraries(dtype, D)
+    ranges = _batch_ranges(B, B * H * D * T, group.stpn_lanes())
+    return _c_args(config, shape, has_bias), _parts(ranges, group, single)
 
 
 def forward(
@@ -229,22 +253,22 @@ def forward(
     W = W.contiguous()
     lam, rate = _full(lam, W), _full(hebbian_rate(lam, gam, config), W)
     b = None if b is None else b.contiguous()
-    args, ranges, run = _plan(
+    args, parts = _plan(
         config, (T, B, I, H, D, every), x.dtype, b is not None, torch.get_num_threads(),
         MIN_WORK_PER_THREAD,
     )
 
-    def call(_: int, b0: int, b1: int) -> None:
-        run(
+    def call(_: int, lib: ctypes.CDLL, b0: int, b1: int) -> None:
+        lib.stpn_forward(
             ctypes.byref(args), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(rate), _ptr(F0),
             _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(memories),
             _ptr(F_final),
         )
 
-    _parallel(ranges, call)
+    _parallel(parts, call)
     return Record(
         config, x, h0, F0, W, lam, rate, b is not None, out, S, R, R2, memories, F_final,
-        native=(args, ranges),
+        native=(args, parts),
     )
 
 
@@ -258,28 +282,28 @@ def backward(
     ``lam`` and ``gam`` are the parameters (for the shapes of their gradients)."""
     r = record
     B, T, H = r.out.shape
-    D, HD, (args, ranges) = r.W.shape[1], r.W.numel(), r.native
+    D, HD, (args, parts) = r.W.shape[1], r.W.numel(), r.native
     opts = {"device": r.W.device, "dtype": r.W.dtype}
     gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
     gF = torch.empty(B, H, D, **opts) if need_F else None
     gx = torch.empty(B, T, r.x.shape[2], **opts) if need_x else None
-    # One row of accumulators per thread: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
-    acc = torch.zeros(len(ranges), 3 * HD + H, **opts)
+    # One row of accumulators per part: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
+    acc = torch.zeros(len(parts), 3 * HD + H, **opts)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
     grad_F = None if grad_F is None else grad_F.contiguous()
-    run, item = library_for(r.W.dtype, D).stpn_backward, acc.element_size()
+    item = acc.element_size()
 
-    def call(k: int, b0: int, b1: int) -> None:
+    def call(k: int, lib: ctypes.CDLL, b0: int, b1: int) -> None:
         row = acc.data_ptr() + k * acc.stride(0) * item
-        run(
+        lib.stpn_backward(
             ctypes.byref(args), b0, b1, _ptr(r.W), _ptr(r.lam), _ptr(r.rate), _ptr(r.F0),
             _ptr(r.memories), _ptr(r.x), _ptr(r.h0), _ptr(r.out), _ptr(r.R), _ptr(r.S),
             _ptr(r.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx), row,
             row + 3 * HD * item, row + HD * item, row + 2 * HD * item,
         )
 
-    _parallel(ranges, call)
-    total = acc[0] if len(ranges) == 1 else acc.sum(0)
+    _parallel(parts, call)
+    total = acc[0] if len(parts) == 1 else acc.sum(0)
     gW, g_lam, g_rate = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
     g_lam, g_gam = rate_grads(g_lam, g_rate, lam, gam, r.config)
     return gx, gh, gF, gW, total[3 * HD :] if r.has_bias else None, g_lam, g_gam
