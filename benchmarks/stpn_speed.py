@@ -234,10 +234,10 @@ def main() -> None:
     print(f"threads {results['threads']}; freed memory retained (stpn_core.allocator, every"
           f" model alike): {'no, glibc defaults' if args.default_malloc else 'yes'}")
     cold = results["cold_start_s"]
-    print(f"fast first call, empty build cache (C build + one ART step) s={cold:.2f}")
+    print(f"fast first call, empty build cache (C builds + one ART step) s={cold:.2f}")
     print(
-        "no recompilation: one C build per dtype (and 256- or 512-bit vectors), reused for every"
-        " batch size and length"
+        "no recompilation: two C builds per dtype (groups of samples in the lanes, and one sample),"
+        " reused for every batch size and length"
     )
     for size, ratio in results["peak_ratio_fast_lstm"].items():
         print(f"peak memory fast/lstm {size}={ratio:.2f}")
