@@ -217,6 +217,17 @@ def test_figures_show_the_data(tree: tuple[Path, dict]) -> None:
         plot_validation_accuracy(runs, "pong")
 
 
+def test_a_run_that_logged_once_is_drawn_as_a_dot(tree: tuple[Path, dict]) -> None:
+    root, _ = tree
+    progress = root / "maze" / "stpn" / "seed0" / "logs" / "progress.csv"
+    first = pd.read_csv(progress).iloc[:1]
+    first.to_csv(progress, index=False)
+    axes = plot_reward_curves(load_runs(root), "maze").axes[0]
+    (curve,) = axes.get_lines()
+    assert curve.get_marker() == "o"
+    np.testing.assert_allclose(curve.get_ydata(), first["rollout/ep_rew_mean"])
+
+
 def _reference_levels(runs: list) -> dict[str, float]:
     axes = _figures(runs)["maze_reward"].axes[0]
     return {line.get_label().split()[0]: line.get_ydata()[0] for line in axes.get_lines()

@@ -69,12 +69,14 @@ def _by_model(runs: Sequence[Run], task: str) -> dict[str, list[Run]]:
 def _band(ax: Axes, x: np.ndarray, series: np.ndarray, model: str, *,
           colour: str | None = None, style: str = "-") -> None:
     """Mean over seeds (rows of ``series``) as a line, ± one sample std as a shaded band,
-    labelled ``model (n=seeds)`` in the model's colour (or ``colour``)."""
+    labelled ``model (n=seeds)`` in the model's colour (or ``colour``). A single point (a run
+    that logged once) is drawn as a dot, since a line through one point is invisible."""
     mean = np.nanmean(series, axis=0)
     n = series.shape[0]
     label = f"{model} (n={n})"
     colour = colour or model_colour(model)
-    ax.plot(x, mean, color=colour, label=label, lw=1.6, ls=style)
+    marker = "o" if len(x) == 1 else None
+    ax.plot(x, mean, color=colour, label=label, lw=1.6, ls=style, marker=marker)
     if n > 1:
         std = np.nanstd(series, axis=0, ddof=1)
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
