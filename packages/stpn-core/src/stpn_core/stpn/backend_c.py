@@ -47,11 +47,12 @@ whole groups (16 or 8 float32 samples per vector) both widths ran within a few p
 other at the ART and maze sizes."""
 REAL_TYPES = {torch.float32: "float", torch.float64: "double"}
 WORKSPACE_BYTES = 1 << 19
-"""Budget of the backward's workspace: it recomputes ``K`` steps of one sample at a time into
-``K + 1`` memories of ``H·D`` values, which should stay in the L2 cache. ``K`` (the recompute
-interval) is as large as the budget allows (between 8 and 64): fewer stored memories mean fewer
-freshly allocated pages to fault in (at the maze size K = 32 ran 5-15 % faster per training
-step than K = 16)."""
+"""Budget per sample of the backward's workspace: it recomputes ``K`` steps of one group of
+samples at a time into ``K + 1`` memories of ``H·D`` values per sample. ``K`` (the recompute
+interval) is as large as the budget allows (between 8 and 64): fewer stored memories mean less
+memory written by the forward (at the maze size, B 64, K = 16 and K = 33 ran within 3 % of each
+other per training step, K = 8 15 % and K = 4 70 % slower; with the allocator's defaults, which
+fault every fresh page in, K = 32 had run 5-15 % faster than K = 16)."""
 MIN_WORK_PER_THREAD = 1 << 22
 """Synapse-steps (``B·H·D·T``) a thread must get before the batch is split across threads: for a
 smaller job the hand-off costs more than it saves (and a thread kept waiting on a busy machine
@@ -197,7 +198,7 @@ def _parts(ranges: list[tuple[int, int]], group: ctypes.CDLL, single: ctypes.CDL
 
 
 def _parallel(parts: list[Part], call: Callable[[int, ctypes.CDLL, int, int], None]) -> None:
-    """Run each part's segments in order, the parts on the pool's threads (the first here)."""
+    """Run each part's segments in order; several parts run at once on the pool's threads."""
 
     def run(k: int) -> None:
         for lib, b0, b1 in parts[k]:
