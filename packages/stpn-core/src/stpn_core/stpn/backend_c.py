@@ -51,7 +51,7 @@ WORKSPACE_BYTES = 1 << 19
 samples at a time into ``K + 1`` memories of ``H·D`` values per sample. ``K`` (the recompute
 interval) is as large as the budget allows (between 8 and 64): fewer stored memories mean less
 memory written by the forward (at the maze size, B 64, K = 16 and K = 33 ran within 3 % of each
-other per training step, K = 8 15 % and K = 4 70 % slower; with the allocator's defaults, which
+other per training step, K = 8 13 % and K = 4 66 % slower; with the allocator's defaults, which
 fault every fresh page in, K = 32 had run 5-15 % faster than K = 16)."""
 MIN_WORK_PER_THREAD = 1 << 22
 """Synapse-steps (``B·H·D·T``) a thread must get before the batch is split across threads: for a
