@@ -83,8 +83,8 @@ static void activate_all(REAL *h, long n, int act) {
  * scalars. A block's rows stay in L1 between the passes. */
 #define ROW_BLOCK 8
 
-#ifndef LANES
-#define LANES 8
+#ifndef LANES /* no default: a caller that assumed another layout would get unwritten outputs */
+#error "build with -DLANES=<samples per vector> (backend_c.py does)"
 #endif
 
 #if LANES == 1
