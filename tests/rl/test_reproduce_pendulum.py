@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 from stpn_rl.config import config_dir, load_config
-from stpn_rl.reproduce import PROFILES, reproduce, run_config
+from stpn_rl.reproduce import PROFILES, main, reproduce, run_config
 
 TASK = "inverted-pendulum-po"
 TINY = {"ppo": {"n_steps": 16, "batch_size": 16, "n_epochs": 1}, "policy": {"hidden_size": 8}}
@@ -37,6 +37,25 @@ def test_every_core_trains_at_one_budget_and_a_rerun_skips_them(tmp_path) -> Non
     assert stamps == {run: path.stat().st_mtime_ns for run, path in paths.items()}
 
 
+def test_cores_selects_the_runs_and_their_sanity_runs(tmp_path, monkeypatch, capsys) -> None:
+    tiny = replace(PROFILES[TASK]["paper"], evaluation_episodes=2, config_changes=TINY)
+    monkeypatch.setitem(PROFILES[TASK], "paper", tiny)
+    main(["--task", TASK, "--profile", "paper", "--cores", "mlp", "stpnf", "--timesteps", "32",
+          "--seeds", "0", "--out", str(tmp_path)])
+    trained = {path.parent.parent.relative_to(tmp_path).as_posix()
+               for path in tmp_path.glob("*/*/seed0/metrics.json")}
+    assert trained == {f"{TASK}/mlp", f"{TASK}/stpnf", "inverted-pendulum/mlp",
+                       "inverted-pendulum/stpnf"}
+    table = capsys.readouterr().out
+    assert "| mlp |" in table and "| stpnf |" in table and "| lstm |" not in table
+    # The quick profile's sanity row is the STPN's alone: without it, no sanity runs.
+    monkeypatch.setitem(PROFILES[TASK], "quick", replace(tiny, sanity_cores=("stpn",)))
+    main(["--task", TASK, "--cores", "mlp", "--timesteps", "32", "--out", str(tmp_path / "q")])
+    quick = [path.relative_to(tmp_path / "q").parts[:2]
+             for path in (tmp_path / "q").glob("*/*/seed0/metrics.json")]
+    assert quick == [(TASK, "mlp")]
+
+
 def test_the_pendulum_runs_take_the_papers_settings_or_a_sweeps() -> None:
     paper = PROFILES[TASK]["paper"]
     assert paper.seeds == (0, 1, 2) and paper.timesteps == 1_000_000
@@ -51,7 +70,8 @@ def test_the_pendulum_runs_take_the_papers_settings_or_a_sweeps() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [(["--timesteps", "0"], "--timesteps: expected a positive integer"),
-     (["--episodes", "3"], "--episodes: not a budget of task 'inverted-pendulum-po'")],
+     (["--episodes", "3"], "--episodes: not a budget of task 'inverted-pendulum-po'"),
+     (["--cores", "stpn", "modplast"], "--cores: modplast not in task 'inverted-pendulum-po'")],
 )
 def test_bad_budgets_give_one_error_line(tmp_path, arguments, message) -> None:
     done = subprocess.run(

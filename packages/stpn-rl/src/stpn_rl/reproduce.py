@@ -146,7 +146,7 @@ def reproduce(task: str, profile: Profile, out: Path) -> str:
     runs, and return the tables; write the ``stpn_analysis`` reports too where it is
     installed."""
     parts = [(task, profile.cores)]
-    if profile.sanity_task is not None:
+    if profile.sanity_task is not None and profile.sanity_cores:
         parts.append((profile.sanity_task, profile.sanity_cores))
     tables = [(name, format_rows(train_runs(name, cores, profile, out))) for name, cores in parts]
     try:
@@ -172,8 +172,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="environment steps per run instead of the profile's, for the "
                              "pendulum (equal for every core)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--cores", nargs="+", default=None,
+                        help="train only these of the comparison's cores (e.g. to share a "
+                             "comparison between processes that write to one --out)")
     args = parser.parse_args(argv)
     profile = PROFILES[args.task][args.profile]
+    if args.cores is not None:
+        unknown = sorted(set(args.cores) - set(profile.cores))
+        if unknown:
+            parser.error(f"--cores: {', '.join(unknown)} not in task {args.task!r}'s comparison; "
+                         f"expected some of {', '.join(profile.cores)}")
+        chosen = tuple(dict.fromkeys(args.cores))
+        profile = replace(profile, cores=chosen, sanity_cores=tuple(
+            core for core in profile.sanity_cores if core in chosen))
     if (args.episodes is not None and profile.timesteps is not None) or (
         args.timesteps is not None and profile.timesteps is None
     ):
