@@ -125,6 +125,24 @@ def test_parameter_grads_without_input_or_state_grads(backend: str) -> None:
         assert_close(got, want)
 
 
+@pytest.mark.parametrize("used", ["outputs", "memory"])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_a_loss_on_one_output_alone_matches_reference(backend: str, used: str, chunk) -> None:
+    """Autograd hands the backward ``None`` for the output the loss does not use (the memory
+    F_T in the usual training step, or the outputs); the backends take it as zero."""
+    fast, reference = pair(STPN, **OPTIONS["maze"])
+    fast.bptt_chunk = chunk
+    x = torch.randn(BATCH, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+    grads = []
+    for model in (fast, reference):
+        out, final = model(x)
+        loss = out.square().sum() if used == "outputs" else final.F.square().sum()
+        grads.append(torch.autograd.grad(loss, [*model.parameters(), x]))
+    for got, want in zip(*grads, strict=True):
+        assert_close(got, want)
+    assert all(g.abs().max() > 0 for g in grads[0])
+
+
 def test_inplace_change_of_output_is_caught(backend: str) -> None:
     """The backward reads the output buffer in place, so changing it must raise, not corrupt."""
     fast, _ = pair(STPN)

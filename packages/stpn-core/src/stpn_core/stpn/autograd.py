@@ -44,6 +44,9 @@ class _STPNSequence(torch.autograd.Function):
         T = x.shape[1]
         backend = backend_c if backend_c.usable(x, W) else backend_torch
         ctx.config, ctx.chunk, ctx.backend = config, chunk, backend
+        # An output the loss does not use (usually F_T) gets None instead of a tensor of zeros
+        # as large as the memory: the backends take None as zero and skip reading it.
+        ctx.set_materialize_grads(False)
         if chunk >= T:
             ctx.record = backend.forward(x, h0, F0, W, b, lam, gam, config)
             ctx.starts = None
