@@ -319,8 +319,10 @@ def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.Monkey
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        # Split at whole groups of samples (4 float64 lanes at D = 9), the rest in the last part.
-        assert backend_c._batch_ranges(19, 10**6, 4) == [(0, 4), (4, 12), (12, 19)]
+        # The group build over 4 whole groups of 4 float64 samples (D = 9) on 3 threads (shares
+        # of 1, 1 and 2 groups), then the one-sample build over the 3 left over on 3 threads.
+        group, single = backend_c.libraries(DOUBLE, 9)
+        assert backend_c._segments(19, 1, group, single) == ((group, 0, 16, 3), (single, 16, 19, 3))
         fast, reference = pair(STPN, norm_timing="post", clamp=0.05)
         x = torch.randn(19, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
         out_f, final_f, grads_f = loss_and_grads(fast, x, None)

@@ -6,8 +6,12 @@
  * keeps F only every K steps (checkpoints); the backward recomputes each K-step chunk into a
  * small cache-resident workspace and walks it backwards. Compiled once per build (about a
  * second, no torch headers) and called through ctypes; the math is that of
- * stpn_core/stpn/loop.py, which documents the notation. Samples [b0, b1) only, a multiple of
- * LANES, so callers can split the batch across threads.
+ * stpn_core/stpn/loop.py, which documents the notation. A call runs samples [b0, b1) (a
+ * multiple of LANES of them) on `threads` OpenMP threads, each taking a contiguous run of whole
+ * groups. Built with -fopenmp, the library shares the OpenMP runtime that torch loaded (same
+ * soname), so the threads are torch's own, already awake after its last operation: a pool of
+ * our own (Python threads) had to wake a sleeping thread per call, which cost more than it
+ * saved below about 4M synapse-steps, and competed with torch's threads that were still spinning.
  *
  * A group is LANES samples with the samples in the vector lanes: a vector holds one synapse
  * (i, j) of LANES samples, W, Λ and Γe (the same for every sample) are broadcast, and every
@@ -32,6 +36,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <tgmath.h> /* type-generic: tanh, exp, sqrt in REAL precision */
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without OpenMP (no libgomp): every call runs on the calling thread */
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
+#endif
 
 typedef struct {
     long T, B, NI, H, D, K;
@@ -374,12 +384,25 @@ static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias
     scatter(F_final + b0 * HD, HD, F, HD);
 }
 
-void stpn_forward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *bias,
+/* The calling team member's share of the groups in [b0, b1): [*g0, *g1), in samples. */
+static void share(long b0, long b1, long *g0, long *g1) {
+    const long groups = (b1 - b0) / LANES, k = omp_get_thread_num(), n = omp_get_num_threads();
+    *g0 = b0 + LANES * (groups * k / n);
+    *g1 = b0 + LANES * (groups * (k + 1) / n);
+}
+
+void stpn_forward(const Cfg *c, long threads, long b0, long b1, const REAL *W, const REAL *bias,
                   const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
                   REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-    vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
-    for (long g0 = b0; g0 + LANES <= b1; g0 += LANES)
-        group_forward(c, g0, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final, work);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
+        long g0, g1;
+        share(b0, b1, &g0, &g1);
+        for (; g0 < g1; g0 += LANES)
+            group_forward(c, g0, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final,
+                          work);
+    }
 }
 
 /* Per-lane sums of the parameter gradients over the groups, reduced across lanes at the end. */
@@ -549,21 +572,29 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     scatter(gh_out + b0 * H, H, gh, H);
 }
 
-void stpn_backward(const Cfg *c, long b0, long b1, const REAL *W, const REAL *lam,
+/* The parameter gradients go to `grads`, one zeroed row of 3 H·D + H values per thread (team
+ * member k adds its share to row k): dL/dW, dL/dΛ, dL/dΓe (H·D each), then dL/db. */
+void stpn_backward(const Cfg *c, long threads, long b0, long b1, const REAL *W, const REAL *lam,
                    const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
                    const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
                    const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
-                   REAL *gx, REAL *gW, REAL *gb, REAL *glam, REAL *ghebb) {
+                   REAL *gx, REAL *grads) {
     const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K;
     const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
-    vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
-    memset(sums, 0, sizeof(vec) * (3 * HD + H));
-    const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
-    for (long g0 = b0; g0 + LANES <= b1; g0 += LANES)
-        group_backward(c, g0, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out, grad_F, gF,
-                       gh, gx, &acc, work);
-    reduce_lanes(gW, acc.gW, HD);
-    reduce_lanes(glam, acc.glam, HD);
-    reduce_lanes(ghebb, acc.ghebb, HD);
-    reduce_lanes(gb, acc.gb, H);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
+        memset(sums, 0, sizeof(vec) * (3 * HD + H));
+        const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
+        long g0, g1;
+        share(b0, b1, &g0, &g1);
+        for (; g0 < g1; g0 += LANES)
+            group_backward(c, g0, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out, grad_F,
+                           gF, gh, gx, &acc, work);
+        REAL *row = grads + omp_get_thread_num() * (3 * HD + H);
+        reduce_lanes(row, acc.gW, HD);
+        reduce_lanes(row + HD, acc.glam, HD);
+        reduce_lanes(row + 2 * HD, acc.ghebb, HD);
+        reduce_lanes(row + 3 * HD, acc.gb, H);
+    }
 }

@@ -19,8 +19,6 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -37,8 +35,11 @@ SOURCE = Path(__file__).parent.parent / "native" / "stpn_loop.c"
 # -mrecip=none keeps float32 divisions and square roots exact: their 12-bit estimates refined by
 # one Newton step made float32 gradients up to 1000x less accurate than the reference's where the
 # norm's gradient cancels (inputs of 1e4); the divisions are per unit, not per synapse.
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-mrecip=none", "-fopenmp-simd", "-shared")
-FLAGS += ("-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-mrecip=none", "-shared", "-fPIC", "-std=c11")
+OPENMP_FLAGS = ("-fopenmp", "-fopenmp-simd")
+"""Tried in turn: with OpenMP the C loop splits a batch across torch's threads (it links the
+``libgomp.so.1`` that torch has loaded); a compiler without OpenMP's runtime gets the SIMD
+pragmas alone, and the loop runs on the calling thread."""
 WIDE_ROWS = 16
 """Rows of ``D`` a multiple of this many values get builds with 512-bit vectors, other rows
 256-bit ones. The width matters for the one-sample build, whose compiler-vectorised loops run
@@ -53,10 +54,11 @@ interval) is as large as the budget allows (between 8 and 64): fewer stored memo
 memory written by the forward (at the maze size, B 64, K = 16 and K = 33 ran within 3 % of each
 other per training step, K = 8 13 % and K = 4 66 % slower; with the allocator's defaults, which
 fault every fresh page in, K = 32 had run 5-15 % faster than K = 16)."""
-MIN_WORK_PER_THREAD = 1 << 22
+MIN_WORK_PER_THREAD = 1 << 16
 """Synapse-steps (``B·H·D·T``) a thread must get before the batch is split across threads: for a
-smaller job the hand-off costs more than it saves (and a thread kept waiting on a busy machine
-stalls the step)."""
+smaller job the hand-off costs more than it saves. On torch's awake OpenMP threads the hand-off
+is cheap: a rollout step of 64 maze agents (2.5·10⁵ synapse-steps) ran 0.91-0.97 of
+``nn.LSTM``'s time split in two, 0.97-1.23 on one thread (2 cores, 2026-12-02)."""
 
 
 class _CArgs(ctypes.Structure):
@@ -85,12 +87,29 @@ def _build(real: str, width: int, lanes: int) -> Path | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or not SOURCE.exists():
         return None
-    flags = (*FLAGS, f"-mprefer-vector-width={width}", f"-DLANES={lanes}", f"-DREAL={real}")
+    errors = []
+    for openmp in OPENMP_FLAGS:
+        flags = (*FLAGS, openmp, f"-mprefer-vector-width={width}", f"-DLANES={lanes}",
+                 f"-DREAL={real}")
+        built = _compile(compiler, flags, f"stpn_loop_{real}{width}x{lanes}")
+        if isinstance(built, Path):
+            return built
+        errors.append(built)
+    warnings.warn(
+        f"STPN: building the C loop failed ({errors[-1][-300:]}); the fast path runs on batched "
+        "torch ops instead (same results, slower)",
+        stacklevel=4,
+    )
+    return None
+
+
+def _compile(compiler: str, flags: tuple[str, ...], stem: str) -> Path | str:
+    """The library built with ``flags`` (cached), or the compiler's error message."""
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join((compiler, *flags, _cpu_signature())).encode()
     ).hexdigest()[:16]
     cache_dir = Path(os.environ.get("STPN_CACHE_DIR", Path.home() / ".cache" / "stpn_core"))
-    target = cache_dir / f"stpn_loop_{real}{width}x{lanes}_{key}.so"
+    target = cache_dir / f"{stem}_{key}.so"
     if target.exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -102,12 +121,7 @@ def _build(real: str, width: int, lanes: int) -> Path | None:
             text=True,
         )
         if result.returncode != 0:
-            warnings.warn(
-                f"STPN: building the C loop failed ({result.stderr.strip()[-300:]}); the fast "
-                "path runs on batched torch ops instead (same results, slower)",
-                stacklevel=4,
-            )
-            return None
+            return result.stderr.strip()
         os.replace(built, target)  # atomic: concurrent builders never see a partial file
     return target
 
@@ -126,9 +140,9 @@ def library(dtype: torch.dtype, width: int = 256, grouped: bool = True) -> ctype
     except OSError:
         return None
     if lib is not None:  # declared once, so calls pass plain ints without wrapper objects
-        head = [ctypes.POINTER(_CArgs), ctypes.c_long, ctypes.c_long]
+        head = [ctypes.POINTER(_CArgs), ctypes.c_long, ctypes.c_long, ctypes.c_long]
         lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 13
-        lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 20
+        lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 17
         lib.stpn_forward.restype = lib.stpn_backward.restype = None
         lib.stpn_lanes.restype = ctypes.c_long
     return lib
@@ -171,68 +185,41 @@ def recompute_interval(steps: int, H: int, D: int, itemsize: int) -> int:
     return max(1, min(steps, 64, max(8, WORKSPACE_BYTES // (H * D * itemsize))))
 
 
-def _batch_ranges(batch: int, work: int, lanes: int = 1) -> list[tuple[int, int]]:
-    """Split the batch into one contiguous range per torch thread (the C loop releases the GIL),
-    at multiples of ``lanes`` (the C loop's group of samples), so that only the last range has
-    samples left over from whole groups."""
-    parts = max(1, min(torch.get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
-    groups = batch // lanes
-    bounds = [lanes * round(k * groups / parts) for k in range(parts)] + [batch]
-    bounds = sorted(set(bounds))
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+Segment = tuple[ctypes.CDLL, int, int, int]
+"""``(library, b0, b1, threads)``: one C call over the samples ``[b0, b1)`` on ``threads``
+threads."""
 
 
-Part = tuple[tuple[ctypes.CDLL, int, int], ...]
-"""One thread's share of the batch: ``(library, b0, b1)`` segments run one after the other, the
-group build's whole groups, then the one-sample build's samples left over."""
-
-
-def _parts(ranges: list[tuple[int, int]], group: ctypes.CDLL, single: ctypes.CDLL) -> list[Part]:
+def _segments(
+    batch: int, sample_work: int, group: ctypes.CDLL, single: ctypes.CDLL
+) -> tuple[Segment, ...]:
+    """The group build over the batch's whole groups of samples, then the one-sample build over
+    the samples left over, each on as many torch threads as its work allows (``sample_work``:
+    synapse-steps per sample; see :data:`MIN_WORK_PER_THREAD`)."""
     lanes = group.stpn_lanes()
-    parts = []
-    for b0, b1 in ranges:
-        rest = b0 + (b1 - b0) // lanes * lanes
-        segments = ((group, b0, rest), (single, rest, b1))
-        parts.append(tuple((lib, s0, s1) for lib, s0, s1 in segments if s0 < s1))
-    return parts
-
-
-def _parallel(parts: list[Part], call: Callable[[int, ctypes.CDLL, int, int], None]) -> None:
-    """Run each part's segments in order; several parts run at once on the pool's threads."""
-
-    def run(k: int) -> None:
-        for lib, b0, b1 in parts[k]:
-            call(k, lib, b0, b1)
-
-    if len(parts) == 1:
-        run(0)
-        return
-    futures = [_executor(os.getpid()).submit(run, k) for k in range(len(parts))]
-    for future in futures:
-        future.result()
-
-
-@cache
-def _executor(pid: int) -> ThreadPoolExecutor:
-    """One pool per process: a forked child (Optuna or data workers) inherits the parent's pool
-    object but not its threads, and would wait on them forever."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="stpn")
+    whole = batch // lanes * lanes
+    segments = []
+    for lib, b0, b1, units in ((group, 0, whole, whole // lanes),
+                               (single, whole, batch, batch - whole)):
+        if b0 < b1:
+            by_work = (b1 - b0) * sample_work // MIN_WORK_PER_THREAD
+            segments.append((lib, b0, b1, max(1, min(torch.get_num_threads(), units, by_work))))
+    return tuple(segments)
 
 
 @lru_cache(maxsize=256)
 def _plan(
     config: LoopConfig, shape: tuple[int, ...], dtype: torch.dtype, has_bias: bool,
     threads: int, min_work: int,
-) -> tuple[_CArgs, list[Part]]:
-    """The C arguments and the batch split into :data:`Part` of a forward at ``shape`` ``(T, B,
-    I, H, D, K)``, built once per shape and options: at a rollout step (``T = 1``) building them
-    took as long as the loop itself. ``threads`` and ``min_work`` (the torch threads and
-    :data:`MIN_WORK_PER_THREAD`, which :func:`_batch_ranges` reads) only key the cache. The C
-    loop reads the struct (``const``), so records and threads share it."""
+) -> tuple[_CArgs, tuple[Segment, ...]]:
+    """The C arguments and the calls (:data:`Segment`) of a forward at ``shape`` ``(T, B, I, H,
+    D, K)``, built once per shape and options: at a rollout step (``T = 1``) building them took
+    as long as the loop itself. ``threads`` and ``min_work`` (the torch threads and
+    :data:`MIN_WORK_PER_THREAD`, which :func:`_segments` reads) only key the cache. The C loop
+    reads the struct (``const``), so records and threads share it."""
     T, B, _, H, D, _ = shape
     group, single = libraries(dtype, D)
-    ranges = _batch_ranges(B, B * H * D * T, group.stpn_lanes())
-    return _c_args(config, shape, has_bias), _parts(ranges, group, single)
+    return _c_args(config, shape, has_bias), _segments(B, H * D * T, group, single)
 
 
 def forward(
@@ -254,22 +241,19 @@ def forward(
     W = W.contiguous()
     lam, rate = _full(lam, W), _full(hebbian_rate(lam, gam, config), W)
     b = None if b is None else b.contiguous()
-    args, parts = _plan(
+    args, segments = _plan(
         config, (T, B, I, H, D, every), x.dtype, b is not None, torch.get_num_threads(),
         MIN_WORK_PER_THREAD,
     )
-
-    def call(_: int, lib: ctypes.CDLL, b0: int, b1: int) -> None:
+    for lib, b0, b1, threads in segments:
         lib.stpn_forward(
-            ctypes.byref(args), b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(rate), _ptr(F0),
-            _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(memories),
+            ctypes.byref(args), threads, b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(rate),
+            _ptr(F0), _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(memories),
             _ptr(F_final),
         )
-
-    _parallel(parts, call)
     return Record(
         config, x, h0, F0, W, lam, rate, b is not None, out, S, R, R2, memories, F_final,
-        native=(args, parts),
+        native=(args, segments),
     )
 
 
@@ -283,28 +267,25 @@ def backward(
     ``lam`` and ``gam`` are the parameters (for the shapes of their gradients)."""
     r = record
     B, T, H = r.out.shape
-    D, HD, (args, parts) = r.W.shape[1], r.W.numel(), r.native
+    D, HD, (args, segments) = r.W.shape[1], r.W.numel(), r.native
     opts = {"device": r.W.device, "dtype": r.W.dtype}
     gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
     gF = torch.empty(B, H, D, **opts) if need_F else None
     gx = torch.empty(B, T, r.x.shape[2], **opts) if need_x else None
-    # One row of accumulators per part: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
-    acc = torch.zeros(len(parts), 3 * HD + H, **opts)
+    # One row of accumulators per thread: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
+    acc = torch.zeros(sum(threads for *_, threads in segments), 3 * HD + H, **opts)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
     grad_F = None if grad_F is None else grad_F.contiguous()
-    item = acc.element_size()
-
-    def call(k: int, lib: ctypes.CDLL, b0: int, b1: int) -> None:
-        row = acc.data_ptr() + k * acc.stride(0) * item
+    row = 0
+    for lib, b0, b1, threads in segments:
         lib.stpn_backward(
-            ctypes.byref(args), b0, b1, _ptr(r.W), _ptr(r.lam), _ptr(r.rate), _ptr(r.F0),
-            _ptr(r.memories), _ptr(r.x), _ptr(r.h0), _ptr(r.out), _ptr(r.R), _ptr(r.S),
-            _ptr(r.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx), row,
-            row + 3 * HD * item, row + HD * item, row + 2 * HD * item,
+            ctypes.byref(args), threads, b0, b1, _ptr(r.W), _ptr(r.lam), _ptr(r.rate),
+            _ptr(r.F0), _ptr(r.memories), _ptr(r.x), _ptr(r.h0), _ptr(r.out), _ptr(r.R),
+            _ptr(r.S), _ptr(r.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx),
+            _ptr(acc[row]),
         )
-
-    _parallel(parts, call)
-    total = acc[0] if len(parts) == 1 else acc.sum(0)
+        row += threads
+    total = acc[0] if len(acc) == 1 else acc.sum(0)
     gW, g_lam, g_rate = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
     g_lam, g_gam = rate_grads(g_lam, g_rate, lam, gam, r.config)
     return gx, gh, gF, gW, total[3 * HD :] if r.has_bias else None, g_lam, g_gam
