@@ -71,7 +71,8 @@ def test_the_pendulum_runs_take_the_papers_settings_or_a_sweeps() -> None:
     ("arguments", "message"),
     [(["--timesteps", "0"], "--timesteps: expected a positive integer"),
      (["--episodes", "3"], "--episodes: not a budget of task 'inverted-pendulum-po'"),
-     (["--cores", "stpn", "modplast"], "--cores: modplast not in task 'inverted-pendulum-po'")],
+     (["--cores", "stpn", "modplast"],
+      "--cores: modplast not in the inverted-pendulum-po comparison; expected some of lstm")],
 )
 def test_bad_budgets_give_one_error_line(tmp_path, arguments, message) -> None:
     done = subprocess.run(

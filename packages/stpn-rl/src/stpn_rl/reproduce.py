@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.cores is not None:
         unknown = sorted(set(args.cores) - set(profile.cores))
         if unknown:
-            parser.error(f"--cores: {', '.join(unknown)} not in task {args.task!r}'s comparison; "
+            parser.error(f"--cores: {', '.join(unknown)} not in the {args.task} comparison; "
                          f"expected some of {', '.join(profile.cores)}")
         chosen = tuple(dict.fromkeys(args.cores))
         profile = replace(profile, cores=chosen, sanity_cores=tuple(
