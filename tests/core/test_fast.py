@@ -8,6 +8,8 @@ ops it falls back to; ``backend`` selects one by telling the dispatcher whether 
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import warnings
 import weakref
 
@@ -333,6 +335,37 @@ def test_batch_split_across_threads_matches_reference(monkeypatch: pytest.Monkey
     assert_close(final_f.F, final_r.F)
     for got, want in zip(grads_f, grads_r, strict=True):
         assert_close(got, want)
+
+
+def _run_in_forked_child(model: STPN, x: torch.Tensor, queue) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do
+    queue.put(model(x)[0].detach().numpy())  # a tensor would travel as shared memory
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_with_one_thread_runs_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenMP's threads (torch's and so the C loop's) do not survive a fork: a child that keeps
+    several threads hangs in its first parallel region, with torch's own operations as with the
+    loop. With one thread the loop runs on the child's own thread."""
+    monkeypatch.setattr(backend_c, "MIN_WORK_PER_THREAD", 1)
+    threads = torch.get_num_threads()
+    model = STPN(5, 4, implementation="fast", dtype=DOUBLE)
+    x = torch.randn(16, 6, 5, dtype=DOUBLE)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_run_in_forked_child, args=(model, x, queue))
+    torch.set_num_threads(2)
+    try:
+        want = model(x)[0].detach()  # split across two threads in this process
+        child.start()
+        got = torch.from_numpy(queue.get(timeout=60))
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+        if child.is_alive():  # hung: do not leave it behind
+            child.kill()
+    assert child.exitcode == 0
+    assert_close(got, want)
 
 
 def _saturation_case(activation: str, dtype: torch.dtype, inputs: int) -> tuple:
