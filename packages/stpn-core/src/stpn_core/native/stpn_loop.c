@@ -337,6 +337,15 @@ static void group_update(const Cfg *c, const REAL *W, const REAL *lam, const REA
         const vec *restrict Fi = F + i * D;
         vec *restrict Pi = Fn + i * D;
         const vec inv = pre_norm ? 1 / (R[i] + eps) : bc(1), hi = h[i];
+        if (c->post && !store_r2) { /* the stored norm scales each value as it is made */
+            const vec inv2 = 1 / (R2[i] + eps);
+            for (long j = 0; j < D; j++) {
+                vec P = plastic(li[j], Fi[j], gi[j], hi * u[j]);
+                if (cl > 0) P = vclamp(P, cl);
+                Pi[j] = P * inv2;
+            }
+            continue;
+        }
         vec ss = bc(0);
         for (long j = 0; j < D; j++) {
             vec P = plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j], hi * u[j]);
@@ -410,24 +419,71 @@ typedef struct {
     vec *gW, *glam, *ghebb, *gb;
 } LaneGrads;
 
+/* One row's inputs to its first pass back: its parameters, memories, gradients and scalars. */
+typedef struct {
+    const REAL *restrict W, *restrict lam, *restrict gam;
+    const vec *restrict F, *restrict Fn, *restrict u, *restrict gF;
+    vec *restrict gP, *restrict gu, *restrict glam, *restrict ghebb;
+    vec h, inv, k, n2, inv2;
+    REAL cl;
+    long D;
+} Row;
+
+/* The first pass back along a row, in one sweep: dL/dP from dL/dF_{t+1} (through the post norm
+ * and the clamp, stored in gP for the last pass unless it is dL/dF_{t+1} itself), then the sums
+ * that need only dL/dP (the Hebbian term's gradient, returned; gu; the Λ and Γe gradients; the
+ * pre norm's dot product, in *dot). Called with constant flags, so each mix of options compiles
+ * to its own loop without branches. */
+static inline __attribute__((always_inline)) vec row_back(const Row *r, const int post,
+                                                          const int clamped, const int pre_norm,
+                                                          vec *dot) {
+    const REAL *restrict W = r->W, *restrict lam = r->lam, *restrict gam = r->gam;
+    const vec *restrict F = r->F, *restrict Fn = r->Fn, *restrict u = r->u, *restrict gF = r->gF;
+    vec *restrict gP = r->gP, *restrict gu = r->gu;
+    vec *restrict glam = r->glam, *restrict ghebb = r->ghebb;
+    const vec hi = r->h, inv = r->inv, k = r->k, n2 = r->n2, inv2 = r->inv2;
+    vec a = bc(0), dt = bc(0);
+    VECTORISE(reduction(+ : a, dt))
+    for (long j = 0; j < r->D; j++) {
+        vec gp = gF[j];
+        const vec Fj = F[j], hu = hi * u[j];
+        if (post) gp = gp * inv2 - k * (W[j] + n2 * Fn[j]); /* gW's share: the last pass */
+        if (clamped) gp = vinside(plastic(lam[j], pre_norm ? Fj * inv : Fj, gam[j], hu), r->cl, gp);
+        if (post || clamped) gP[j] = gp;
+        const vec gpg = gp * gam[j], gpF = gp * Fj;
+        a += gpg * u[j];
+        gu[j] += gpg * hi;
+        ghebb[j] += gp * hu;
+        if (pre_norm) {
+            dt += lam[j] * gpF;
+            glam[j] += gpF * inv;
+        } else {
+            glam[j] += gpF;
+        }
+    }
+    *dot = dt;
+    return a;
+}
+
 /* One step back for the group. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
  * likewise carries dL/dh_t -> dL/dh_{t-1}; go holds dL/dh_t from the output; on exit gv[0:NI]
  * holds dL/dx_t. The parameter gradients accumulate in acc (dL/d(W, Λ, Γe, b), per lane). With
  * presynaptic="current" every unit's output gradient also needs the Hebbian gradient of
  * u_t = [x_t; h_t] from all rows, so the block is the whole layer. gP is a (block, D) buffer,
- * unit five (H) buffers. */
+ * unit seven (H) buffers. With the post norm, the last of them carries each row's
+ * dL/dF_t . F_t to the step before (have_d: it holds dL/dF_{t+1} . F_{t+1} on entry). */
 static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const REAL *gam,
                             const vec *F, const vec *Fn, const vec *v, const vec *u,
                             const vec *h, const vec *R, const vec *S, const vec *R2,
                             const vec *go, vec *gF, vec *gh, const LaneGrads *acc, vec *gP,
-                            vec *gu, vec *gv, vec *unit) {
+                            vec *gu, vec *gv, vec *unit, int have_d) {
     const long H = c->H, D = c->D, NI = c->NI;
     const int pre_norm = c->normalise && !c->post, deferred = c->current && c->recurrent;
     const int alias = !c->post && !(c->clamp > 0);
     const long RB = deferred ? H : ROW_BLOCK;
     const REAL eps = (REAL)c->eps, cl = (REAL)c->clamp;
     vec *g_hebb = unit, *pre_dot = unit + H, *gs = unit + 2 * H, *coef = unit + 3 * H;
-    vec *pinv = unit + 4 * H;
+    vec *pinv = unit + 4 * H, *kpost = unit + 5 * H, *gF_dot_F = unit + 6 * H;
     memset(gu, 0, sizeof(vec) * D);
     memset(gv, 0, sizeof(vec) * D);
     for (long i0 = 0; i0 < H; i0 += RB) {
@@ -437,58 +493,35 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             const REAL *restrict li = lam + i * D;
             vec *restrict gFi = gF + i * D, *restrict gPw = gP + (i - i0) * D;
             const vec *restrict Fi = F + i * D;
-            vec *restrict gWi = acc->gW + i * D, *restrict glami = acc->glam + i * D;
-            vec *restrict ghebbi = acc->ghebb + i * D;
+            vec *restrict glami = acc->glam + i * D, *restrict ghebbi = acc->ghebb + i * D;
             const vec hi = h[i], inv = pre_norm ? 1 / (R[i] + eps) : bc(1);
+            vec k = bc(0), n2 = bc(1), inv2 = bc(1);
             if (c->post) {
                 const vec *restrict Fni = Fn + i * D;
-                const vec r2 = R2[i], n2 = r2 + eps;
+                const vec r2 = R2[i];
                 vec d[CHAINS];
-                for (int k = 0; k < CHAINS; k++) d[k] = bc(0);
-                long j = 0;
-                for (; j + CHAINS <= D; j += CHAINS)
-                    for (int k = 0; k < CHAINS; k++) d[k] += gFi[j + k] * Fni[j + k];
-                for (; j < D; j++) d[0] += gFi[j] * Fni[j];
-                const vec k = vpositive(r2, sum_chains(d) / (n2 * r2));
-                const vec inv2 = 1 / n2;
-                VECTORISE()
-                for (long j = 0; j < D; j++) {
-                    const vec wc = Wi[j] + n2 * Fni[j];
-                    vec gp = gFi[j] * inv2 - k * wc;
-                    gWi[j] -= k * wc;
-                    if (cl > 0) gp = vinside(plastic(li[j], Fi[j], gi[j], hi * u[j]), cl, gp);
-                    gPw[j] = gp;
+                for (int m = 0; m < CHAINS; m++) d[m] = bc(0);
+                if (have_d) d[0] = gF_dot_F[i];
+                else {
+                    long j = 0;
+                    for (; j + CHAINS <= D; j += CHAINS)
+                        for (int m = 0; m < CHAINS; m++) d[m] += gFi[j + m] * Fni[j + m];
+                    for (; j < D; j++) d[0] += gFi[j] * Fni[j];
                 }
-            } else if (cl > 0) {
-                for (long j = 0; j < D; j++)
-                    gPw[j] = vinside(plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j],
-                                             hi * u[j]),
-                                     cl, gFi[j]);
+                n2 = r2 + eps;
+                k = vpositive(r2, sum_chains(d) / (n2 * r2));
+                inv2 = 1 / n2;
             }
-            const vec *gPi = alias ? gFi : gPw;
-            vec a = bc(0), dot = bc(0);
-            if (pre_norm) {
-                VECTORISE(reduction(+ : a, dot))
-                for (long j = 0; j < D; j++) {
-                    const vec gp = gPi[j], gpg = gp * gi[j], gpF = gp * Fi[j];
-                    a += gpg * u[j];
-                    dot += li[j] * gpF;
-                    gu[j] += gpg * hi;
-                    ghebbi[j] += gp * (hi * u[j]);
-                    glami[j] += gpF * inv;
-                }
-            } else {
-                VECTORISE(reduction(+ : a))
-                for (long j = 0; j < D; j++) {
-                    const vec gp = gPi[j], gpg = gp * gi[j];
-                    a += gpg * u[j];
-                    gu[j] += gpg * hi;
-                    ghebbi[j] += gp * (hi * u[j]);
-                    glami[j] += gp * Fi[j];
-                }
-            }
+            const Row row = {Wi, li, gi, Fi, Fn + i * D, u, gFi, gPw, gu, glami, ghebbi,
+                             hi, inv, k, n2, inv2, cl, D};
+            vec a, dot = bc(0);
+            if (c->post) a = cl > 0 ? row_back(&row, 1, 1, 0, &dot) : row_back(&row, 1, 0, 0, &dot);
+            else if (pre_norm)
+                a = cl > 0 ? row_back(&row, 0, 1, 1, &dot) : row_back(&row, 0, 0, 1, &dot);
+            else a = cl > 0 ? row_back(&row, 0, 1, 0, &dot) : row_back(&row, 0, 0, 0, &dot);
             g_hebb[i] = a;
             pre_dot[i] = dot;
+            kpost[i] = k;
         }
         /* Per unit: dL/da through the activation, then dL/ds and the norm's coefficient. */
         VECTORISE()
@@ -517,6 +550,26 @@ static void group_step_back(const Cfg *c, const REAL *W, const REAL *lam, const 
             const vec *restrict Fi = F + i * D;
             const REAL *restrict Wi = W + i * D, *restrict li = lam + i * D;
             const vec gsi = gs[i], ci = coef[i], pi = pinv[i];
+            if (c->post) {
+                /* dL/dW also takes the post norm's share, -k (W + n2 F_{t+1}); and the row's
+                 * dL/dF_t . F_t, which the step before needs first, is summed here, where
+                 * both are at hand. */
+                const vec *restrict Fni = Fn + i * D;
+                const vec ki = kpost[i], n2i = R2[i] + eps;
+                vec dot = bc(0);
+                VECTORISE(reduction(+ : dot))
+                for (long j = 0; j < D; j++) {
+                    const vec G = Fi[j] + Wi[j];
+                    const vec gG = gsi * v[j] + ci * G;
+                    gWi[j] += gG - ki * (Wi[j] + n2i * Fni[j]);
+                    gv[j] += gsi * G;
+                    const vec gf = gG + li[j] * gPi[j] * pi;
+                    gFi[j] = gf;
+                    dot += gf * Fi[j];
+                }
+                gF_dot_F[i] = dot;
+                continue;
+            }
             VECTORISE()
             for (long j = 0; j < D; j++) {
                 const vec G = Fi[j] + Wi[j];
@@ -564,7 +617,8 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
             gather(go, grad_out + (b0 * T + t) * H, T * H, H);
             group_step_back(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD, v,
                             group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL, Sg + t * H,
-                            R2g ? R2g + t * H : NULL, go, gF, gh, acc, gP, gu, gv, unit);
+                            R2g ? R2g + t * H : NULL, go, gF, gh, acc, gP, gu, gv, unit,
+                            t < T - 1);
             if (gx) scatter(gx + (b0 * T + t) * NI, T * NI, gv, NI);
         }
     }
@@ -583,7 +637,7 @@ void stpn_backward(const Cfg *c, long threads, long b0, long b1, const REAL *W, 
     const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 8 * H), *sums = kept(1, 3 * HD + H);
+        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 10 * H), *sums = kept(1, 3 * HD + H);
         memset(sums, 0, sizeof(vec) * (3 * HD + H));
         const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
         long g0, g1;
