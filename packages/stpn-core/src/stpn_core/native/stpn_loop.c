@@ -346,21 +346,35 @@ static void group_update(const Cfg *c, const REAL *W, const REAL *lam, const REA
             }
             continue;
         }
-        vec ss = bc(0);
-        for (long j = 0; j < D; j++) {
-            vec P = plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j], hi * u[j]);
-            if (cl > 0) P = vclamp(P, cl);
-            if (c->post) {
-                const vec g = P + Wi[j];
-                ss += g * g;
+        if (!c->post) {
+            for (long j = 0; j < D; j++) {
+                const vec P = plastic(li[j], pre_norm ? Fi[j] * inv : Fi[j], gi[j], hi * u[j]);
+                Pi[j] = cl > 0 ? vclamp(P, cl) : P;
             }
+            continue;
+        }
+        /* The post norm's sum of squares in CHAINS interleaved partial sums. */
+        vec ss[CHAINS];
+        for (int k = 0; k < CHAINS; k++) ss[k] = bc(0);
+        long j = 0;
+        for (; j + CHAINS <= D; j += CHAINS)
+            for (int k = 0; k < CHAINS; k++) {
+                vec P = plastic(li[j + k], Fi[j + k], gi[j + k], hi * u[j + k]);
+                if (cl > 0) P = vclamp(P, cl);
+                const vec g = P + Wi[j + k];
+                ss[k] += g * g;
+                Pi[j + k] = P;
+            }
+        for (; j < D; j++) {
+            vec P = plastic(li[j], Fi[j], gi[j], hi * u[j]);
+            if (cl > 0) P = vclamp(P, cl);
+            const vec g = P + Wi[j];
+            ss[0] += g * g;
             Pi[j] = P;
         }
-        if (c->post) {
-            if (store_r2) R2[i] = vsqrt(ss);
-            const vec inv2 = 1 / (R2[i] + eps);
-            for (long j = 0; j < D; j++) Pi[j] *= inv2;
-        }
+        if (store_r2) R2[i] = vsqrt(sum_chains(ss));
+        const vec inv2 = 1 / (R2[i] + eps);
+        for (j = 0; j < D; j++) Pi[j] *= inv2;
     }
 }
 
@@ -429,40 +443,54 @@ typedef struct {
     long D;
 } Row;
 
-/* The first pass back along a row, in one sweep: dL/dP from dL/dF_{t+1} (through the post norm
- * and the clamp, stored in gP for the last pass unless it is dL/dF_{t+1} itself), then the sums
- * that need only dL/dP (the Hebbian term's gradient, returned; gu; the Λ and Γe gradients; the
- * pre norm's dot product, in *dot). Called with constant flags, so each mix of options compiles
- * to its own loop without branches. */
+/* Element j of the first pass back along a row: dL/dP from dL/dF_{t+1} (through the post norm
+ * and the clamp, stored in gP for the last pass unless it is dL/dF_{t+1} itself), then what
+ * needs only dL/dP (gu, the Λ and Γe gradients); returns the element's share of the Hebbian
+ * term's gradient, and adds its share of the pre norm's dot product to *dot. Called with
+ * constant flags, so each mix of options compiles to its own loop without branches. */
+static inline __attribute__((always_inline)) vec row_back_at(const Row *r, long j,
+                                                             const int post, const int clamped,
+                                                             const int pre_norm, vec *dot) {
+    vec gp = r->gF[j];
+    const vec Fj = r->F[j], hu = r->h * r->u[j];
+    if (post) gp = gp * r->inv2 - r->k * (r->W[j] + r->n2 * r->Fn[j]); /* gW's share: last pass */
+    if (clamped)
+        gp = vinside(plastic(r->lam[j], pre_norm ? Fj * r->inv : Fj, r->gam[j], hu), r->cl, gp);
+    if (post || clamped) r->gP[j] = gp;
+    const vec gpg = gp * r->gam[j], gpF = gp * Fj;
+    r->gu[j] += gpg * r->h;
+    r->ghebb[j] += gp * hu;
+    if (pre_norm) {
+        *dot += r->lam[j] * gpF;
+        r->glam[j] += gpF * r->inv;
+    } else {
+        r->glam[j] += gpF;
+    }
+    return gpg * r->u[j];
+}
+
+/* The first pass back along a row (row_back_at), its sums in CHAINS interleaved partials:
+ * returns the Hebbian term's gradient, the pre norm's dot product in *dot. */
 static inline __attribute__((always_inline)) vec row_back(const Row *r, const int post,
                                                           const int clamped, const int pre_norm,
                                                           vec *dot) {
-    const REAL *restrict W = r->W, *restrict lam = r->lam, *restrict gam = r->gam;
-    const vec *restrict F = r->F, *restrict Fn = r->Fn, *restrict u = r->u, *restrict gF = r->gF;
-    vec *restrict gP = r->gP, *restrict gu = r->gu;
-    vec *restrict glam = r->glam, *restrict ghebb = r->ghebb;
-    const vec hi = r->h, inv = r->inv, k = r->k, n2 = r->n2, inv2 = r->inv2;
-    vec a = bc(0), dt = bc(0);
+#if LANES == 1
+    vec a = 0, dt = 0;
     VECTORISE(reduction(+ : a, dt))
-    for (long j = 0; j < r->D; j++) {
-        vec gp = gF[j];
-        const vec Fj = F[j], hu = hi * u[j];
-        if (post) gp = gp * inv2 - k * (W[j] + n2 * Fn[j]); /* gW's share: the last pass */
-        if (clamped) gp = vinside(plastic(lam[j], pre_norm ? Fj * inv : Fj, gam[j], hu), r->cl, gp);
-        if (post || clamped) gP[j] = gp;
-        const vec gpg = gp * gam[j], gpF = gp * Fj;
-        a += gpg * u[j];
-        gu[j] += gpg * hi;
-        ghebb[j] += gp * hu;
-        if (pre_norm) {
-            dt += lam[j] * gpF;
-            glam[j] += gpF * inv;
-        } else {
-            glam[j] += gpF;
-        }
-    }
+    for (long j = 0; j < r->D; j++) a += row_back_at(r, j, post, clamped, pre_norm, &dt);
     *dot = dt;
     return a;
+#else
+    vec a[CHAINS], dt[CHAINS];
+    for (int k = 0; k < CHAINS; k++) a[k] = dt[k] = bc(0);
+    long j = 0;
+    for (; j + CHAINS <= r->D; j += CHAINS)
+        for (int k = 0; k < CHAINS; k++)
+            a[k] += row_back_at(r, j + k, post, clamped, pre_norm, &dt[k]);
+    for (; j < r->D; j++) a[0] += row_back_at(r, j, post, clamped, pre_norm, &dt[0]);
+    *dot = sum_chains(dt);
+    return sum_chains(a);
+#endif
 }
 
 /* One step back for the group. gF (H,D) holds dL/dF_{t+1} on entry and dL/dF_t on exit; gh (H)
