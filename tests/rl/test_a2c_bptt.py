@@ -155,19 +155,20 @@ def test_bad_settings_and_environments_are_refused() -> None:
 
 def test_it_learns_the_memory_task_of_a_small_maze() -> None:
     """Within an episode the agent must find the hidden reward, remember where it is, and
-    return to it after each teleport: after 300 episodes of 64 agents it collects clearly more
+    return to it after each teleport: after 500 episodes of 64 agents it collects clearly more
     than the random policy (the learning rate is raised from the paper's 1e-4 to fit the test's
-    budget)."""
+    budget). At 300 episodes agents scored 27-46 over seeds 0-5, so a change of rounding alone
+    could take seed 0 below the bound; at 500, 39-55."""
     maze = {"size": 5, "episode_length": 40}
     env = make_vec_env("maze", 64, 0, **maze)
     policy_kwargs = {"core": "stpn", "hidden_size": 16,
                      "core_options": {"norm_timing": "post", "clamp": 1.0}}
     agent = A2CBPTT(SequencePolicy, env, learning_rate=3e-3, seed=0, policy_kwargs=policy_kwargs)
-    agent.learn(300 * 64 * 40)
+    agent.learn(500 * 64 * 40)
     trained = run_episodes(
         make_vec_env("maze", 256, 1, **maze), policy_step(agent.policy, False), 256
     )
     chance = evaluate_random("maze", 256, seed=1, env_kwargs=maze)
-    # Chance scores 26.4 on these episodes; trained agents scored 36-42 in our runs.
+    # Chance scores 26.4 on these episodes.
     assert trained["mean_reward"] > 1.25 * chance["mean_reward"]
     assert trained["energy_per_step"] > 0
