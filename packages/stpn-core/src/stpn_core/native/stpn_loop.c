@@ -214,43 +214,60 @@ static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
 }
 #else
 /* Transposing LANES x LANES tiles in registers: at each scale d (1, 2, 4, ...) the off-diagonal
- * d x d blocks of every 2d x 2d block swap, with two two-source shuffles per pair of rows. The
- * shuffle patterns are the same for every tile, so they are built once per call. */
-#define SCALES 5 /* log2 of the most lanes (16 floats in 512 bits) plus one */
-typedef struct {
-    vmask lo[SCALES], hi[SCALES];
-} Shuffles;
+ * d x d blocks of every 2d x 2d block swap, with two two-source shuffles per pair of rows. Every
+ * loop has a constant trip count and is unrolled, so the shuffle patterns are constants and the
+ * tile never leaves the registers (with the patterns built at run time and the loops left
+ * rolled, a transpose spilled the tile and branched per row: a T = 1 call spent 4x longer moving
+ * the memory in and out than updating it). */
+#define SWAP_LO(k, d) (((k) & (d)) ? LANES + (k) - (d) : (k)) /* lane k of the lower row */
+#define SWAP_HI(k, d) (((k) & (d)) ? LANES + (k) : (k) + (d))  /* lane k of the upper row */
+#if LANES == 4
+#define PATTERN(f, d) {f(0, d), f(1, d), f(2, d), f(3, d)}
+#elif LANES == 8
+#define PATTERN(f, d) {f(0, d), f(1, d), f(2, d), f(3, d), f(4, d), f(5, d), f(6, d), f(7, d)}
+#elif LANES == 16
+#define PATTERN(f, d)                                                                          \
+    {f(0, d),  f(1, d),  f(2, d),  f(3, d),  f(4, d),  f(5, d),  f(6, d),  f(7, d),             \
+     f(8, d),  f(9, d),  f(10, d), f(11, d), f(12, d), f(13, d), f(14, d), f(15, d)}
+#else
+#error "group builds take 4, 8 or 16 lanes"
+#endif
 
-static Shuffles shuffles(void) {
-    Shuffles m;
-    int s = 0;
-    for (long d = 1; d < LANES; d *= 2, s++)
-        for (long k = 0; k < LANES; k++) {
-            m.lo[s][k] = (k & d) ? LANES + k - d : k;
-            m.hi[s][k] = (k & d) ? LANES + k : k + d;
+/* Integer lanes of REAL's width: shuffle patterns as constant vectors. */
+typedef __typeof__(((vec){0} < (vec){0})[0]) lane_int;
+typedef lane_int pattern __attribute__((vector_size(LANES * sizeof(REAL))));
+
+static inline __attribute__((always_inline)) void swap_blocks(vec *t, const long d) {
+    const pattern lo = PATTERN(SWAP_LO, d), hi = PATTERN(SWAP_HI, d);
+#pragma GCC unroll 16
+    for (long r = 0; r < LANES; r++)
+        if (!(r & d)) {
+            const vec a = t[r], b = t[r + d];
+            t[r] = __builtin_shuffle(a, b, lo);
+            t[r + d] = __builtin_shuffle(a, b, hi);
         }
-    return m;
 }
 
-static inline void transpose_tile(vec *t, const Shuffles *m) {
-    int s = 0;
-    for (long d = 1; d < LANES; d *= 2, s++)
-        for (long r = 0; r < LANES; r++)
-            if (!(r & d)) {
-                const vec a = t[r], b = t[r + d];
-                t[r] = __builtin_shuffle(a, b, m->lo[s]);
-                t[r + d] = __builtin_shuffle(a, b, m->hi[s]);
-            }
+static inline __attribute__((always_inline)) void transpose_tile(vec *t) {
+    swap_blocks(t, 1);
+    swap_blocks(t, 2);
+#if LANES > 4
+    swap_blocks(t, 4);
+#endif
+#if LANES > 8
+    swap_blocks(t, 8);
+#endif
 }
 
 /* dst[k] = the values src[k] of the LANES samples, sample l at src + l * stride. */
 static void gather(vec *restrict dst, const REAL *restrict src, long stride, long n) {
-    const Shuffles m = shuffles();
     long k0 = 0;
     for (; k0 + LANES <= n; k0 += LANES) {
         vec tile[LANES];
+#pragma GCC unroll 16
         for (long l = 0; l < LANES; l++) tile[l] = *(const vec *)(src + l * stride + k0);
-        transpose_tile(tile, &m);
+        transpose_tile(tile);
+#pragma GCC unroll 16
         for (long k = 0; k < LANES; k++) dst[k0 + k] = tile[k];
     }
     for (long k = k0; k < n; k++)
@@ -258,12 +275,13 @@ static void gather(vec *restrict dst, const REAL *restrict src, long stride, lon
 }
 
 static void scatter(REAL *restrict dst, long stride, const vec *restrict src, long n) {
-    const Shuffles m = shuffles();
     long k0 = 0;
     for (; k0 + LANES <= n; k0 += LANES) {
         vec tile[LANES];
+#pragma GCC unroll 16
         for (long k = 0; k < LANES; k++) tile[k] = src[k0 + k];
-        transpose_tile(tile, &m);
+        transpose_tile(tile);
+#pragma GCC unroll 16
         for (long l = 0; l < LANES; l++) *(vec *)(dst + l * stride + k0) = tile[l];
     }
     for (long k = k0; k < n; k++)
