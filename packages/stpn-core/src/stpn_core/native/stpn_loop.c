@@ -297,15 +297,50 @@ static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
 }
 #endif
 
-/* v_t of the group: x_t, then h_{t-1} (from h0 or out) for a recurrent layer. */
-static void group_presynaptic(const Cfg *c, const REAL *x, const REAL *h0, const REAL *out,
-                              long b0, long t, vec *v) {
-    const long T = c->T, NI = c->NI, H = c->H;
-    gather(v, x + (b0 * T + t) * NI, T * NI, NI);
-    if (c->recurrent) {
-        if (t) gather(v + NI, out + (b0 * T + t - 1) * H, T * H, H);
-        else gather(v + NI, h0 + b0 * H, H, H);
-    }
+/* A group's sequences (x, out and their gradients, (B, T, n) tensors) are moved in and out
+ * lane-interleaved once per call: one transpose of LANES rows of T·n values, whose tiles
+ * straddle the steps, instead of one per step of n values with a remainder moved value by value
+ * (at the ART size, with n = 11 or 37, those remainders were most of the moving). The one-sample
+ * build uses the tensors in place. Values of the group's sequence buffers, per call: */
+static long sequence_values(const Cfg *c, int inputs, int outputs) {
+    return LANES == 1 ? 0 : c->T * (inputs * c->NI + outputs * c->H);
+}
+
+/* The group's (T, n) block of src (B, T, n) from sample b0 on, lane-interleaved. */
+static const vec *sequence_in(const REAL *src, long b0, long T, long n, vec *buf) {
+#if LANES == 1
+    (void)buf;
+    return (const vec *)(src + b0 * T * n);
+#else
+    gather(buf, src + b0 * T * n, T * n, T * n);
+    return buf;
+#endif
+}
+
+/* Where the group writes its (T, n) block of dst: buf, moved to dst by sequence_out_done. */
+static vec *sequence_out(REAL *dst, long b0, long T, long n, vec *buf) {
+#if LANES == 1
+    (void)buf;
+    return (vec *)(dst + b0 * T * n);
+#else
+    (void)dst, (void)b0, (void)T, (void)n;
+    return buf;
+#endif
+}
+
+static void sequence_out_done(REAL *dst, long b0, long T, long n, const vec *buf) {
+#if LANES == 1
+    (void)dst, (void)b0, (void)T, (void)n, (void)buf;
+#else
+    scatter(dst + b0 * T * n, T * n, buf, T * n);
+#endif
+}
+
+/* v_t of the group: x_t, then h_{t-1} (h0 at t = 0) for a recurrent layer. */
+static void group_presynaptic(const Cfg *c, const vec *xs, const vec *hs, const vec *h0, long t,
+                              vec *v) {
+    memcpy(v, xs + t * c->NI, sizeof(vec) * c->NI);
+    if (c->recurrent) memcpy(v + c->NI, t ? hs + (t - 1) * c->H : h0, sizeof(vec) * c->H);
 }
 
 /* h_t = act(G v / n + b) of the group, storing S and R. */
@@ -402,26 +437,25 @@ static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias
                           REAL *F_final, vec *work) {
     const long T = c->T, H = c->H, D = c->D, HD = c->H * c->D, NI = c->NI, K = c->K;
     const long n_ckpt = (T + K - 1) / K - 1;
-    vec *F = work, *Fn = F + HD, *v = Fn + HD, *ubuf = v + D, *h = ubuf + D, *hp = h + H;
+    vec *F = work, *Fn = F + HD, *v = Fn + HD, *ubuf = v + D, *hg0 = ubuf + D, *seq = hg0 + H;
     vec *Sg = (vec *)(S + b0 * T * H), *ck = (vec *)(ckpt + b0 * n_ckpt * HD);
     vec *Rg = R ? (vec *)(R + b0 * T * H) : NULL, *R2g = R2 ? (vec *)(R2 + b0 * T * H) : NULL;
+    const vec *xs = sequence_in(x, b0, T, NI, seq);
+    vec *hs = sequence_out(out, b0, T, H, seq + T * NI);
     gather(F, F0 + b0 * HD, HD, HD);
-    if (c->recurrent) gather(hp, h0 + b0 * H, H, H);
+    if (c->recurrent) gather(hg0, h0 + b0 * H, H, H);
     for (long t = 0; t < T; t++) {
+        vec *h = hs + t * H;
         if (t > 0 && t % K == 0) memcpy(ck + (t / K - 1) * HD, F, sizeof(vec) * HD);
-        gather(v, x + (b0 * T + t) * NI, T * NI, NI);
-        if (c->recurrent) memcpy(v + NI, hp, sizeof(vec) * H);
+        group_presynaptic(c, xs, hs, hg0, t, v);
         group_outputs(c, W, bias, F, v, h, Sg + t * H, Rg ? Rg + t * H : NULL);
-        scatter(out + (b0 * T + t) * H, T * H, h, H);
         group_update(c, W, lam, gam, F, Fn, group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL,
                      R2g ? R2g + t * H : NULL, 1);
         vec *tmp = F;
         F = Fn;
         Fn = tmp;
-        tmp = h;
-        h = hp;
-        hp = tmp;
     }
+    sequence_out_done(out, b0, T, H, hs);
     scatter(F_final + b0 * HD, HD, F, HD);
 }
 
@@ -437,7 +471,7 @@ void stpn_forward(const Cfg *c, long threads, long b0, long b1, const REAL *W, c
                   REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + 2 * c->H);
+        vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + c->H + sequence_values(c, 1, 1));
         long g0, g1;
         share(b0, b1, &g0, &g1);
         for (; g0 < g1; g0 += LANES)
@@ -638,7 +672,11 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     const long T = c->T, H = c->H, D = c->D, NI = c->NI, HD = c->H * c->D, K = c->K;
     const long n_ckpt = (T + K - 1) / K - 1, RB = c->current && c->recurrent ? H : ROW_BLOCK;
     vec *ws = work, *gF = ws + (K + 1) * HD, *gP = gF + HD, *gu = gP + RB * D, *gv = gu + D;
-    vec *v = gv + D, *ubuf = v + D, *h = ubuf + D, *go = h + H, *gh = go + H, *unit = gh + H;
+    vec *v = gv + D, *ubuf = v + D, *hg0 = ubuf + D, *gh = hg0 + H, *unit = gh + H;
+    vec *seq = unit + 7 * H;
+    const vec *xs = sequence_in(x, b0, T, NI, seq), *hs = sequence_in(out, b0, T, H, seq + T * NI);
+    const vec *gos = sequence_in(grad_out, b0, T, H, seq + T * (NI + H));
+    vec *gxs = gx ? sequence_out(gx, b0, T, NI, seq + T * (NI + 2 * H)) : NULL;
     const vec *Sg = (const vec *)(S + b0 * T * H);
     const vec *ck = (const vec *)(ckpt + b0 * n_ckpt * HD);
     const vec *Rg = R ? (const vec *)(R + b0 * T * H) : NULL;
@@ -646,28 +684,29 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     if (grad_F) gather(gF, grad_F + b0 * HD, HD, HD);
     else memset(gF, 0, sizeof(vec) * HD);
     memset(gh, 0, sizeof(vec) * H);
+    if (c->recurrent) gather(hg0, h0 + b0 * H, H, H);
     for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
         const long t1 = t0 + K < T ? t0 + K : T;
         if (t0) memcpy(ws, ck + (t0 / K - 1) * HD, sizeof(vec) * HD);
         else gather(ws, F0 + b0 * HD, HD, HD);
         for (long t = t0; t < t1; t++) { /* recompute F over the chunk */
-            group_presynaptic(c, x, h0, out, b0, t, v);
-            gather(h, out + (b0 * T + t) * H, T * H, H);
+            const vec *h = hs + t * H;
+            group_presynaptic(c, xs, hs, hg0, t, v);
             group_update(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD,
                          group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL,
                          R2g ? R2g + t * H : NULL, 0);
         }
         for (long t = t1 - 1; t >= t0; t--) {
-            group_presynaptic(c, x, h0, out, b0, t, v);
-            gather(h, out + (b0 * T + t) * H, T * H, H);
-            gather(go, grad_out + (b0 * T + t) * H, T * H, H);
+            const vec *h = hs + t * H;
+            group_presynaptic(c, xs, hs, hg0, t, v);
             group_step_back(c, W, lam, gam, ws + (t - t0) * HD, ws + (t - t0 + 1) * HD, v,
                             group_u(c, v, h, ubuf), h, Rg ? Rg + t * H : NULL, Sg + t * H,
-                            R2g ? R2g + t * H : NULL, go, gF, gh, acc, gP, gu, gv, unit,
-                            t < T - 1);
-            if (gx) scatter(gx + (b0 * T + t) * NI, T * NI, gv, NI);
+                            R2g ? R2g + t * H : NULL, gos + t * H, gF, gh, acc, gP, gu, gv,
+                            unit, t < T - 1);
+            if (gxs) memcpy(gxs + t * NI, gv, sizeof(vec) * NI);
         }
     }
+    if (gxs) sequence_out_done(gx, b0, T, NI, gxs);
     if (gF_out) scatter(gF_out + b0 * HD, HD, gF, HD);
     scatter(gh_out + b0 * H, H, gh, H);
 }
@@ -683,7 +722,8 @@ void stpn_backward(const Cfg *c, long threads, long b0, long b1, const REAL *W, 
     const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 10 * H), *sums = kept(1, 3 * HD + H);
+        vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 9 * H + sequence_values(c, 2, 2));
+        vec *sums = kept(1, 3 * HD + H);
         memset(sums, 0, sizeof(vec) * (3 * HD + H));
         const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
         long g0, g1;
