@@ -33,7 +33,10 @@ class _STPNSequence(torch.autograd.Function):
 
     With one chunk the output is the backend's own buffer, and the backward reads it, the input
     and the initial state in place: all are saved for the backward, so an in-place change of any
-    of them raises there instead of corrupting the gradient.
+    of them raises there instead of corrupting the gradient. The run's own buffers (the C loop's
+    sums, norms and checkpoints) are saved too rather than kept on the record, so that autograd
+    frees them as soon as the backward has run (unless the graph is retained), as it frees the
+    rest, and the next run can reuse their memory (:func:`.backend_c._internal`).
     """
 
     @staticmethod
@@ -55,6 +58,7 @@ class _STPNSequence(torch.autograd.Function):
             # freed only by the garbage collector (memory and page faults piled up until then).
             # Autograd keeps ``out`` (saved below) without one.
             ctx.record.out = ctx.record.F_final = None
+            own = _take_buffers(ctx.record)
         else:  # keep only each chunk's starting state; the chunk is recomputed in the backward
             outputs, ctx.starts, ctx.record = [], [], None
             h, F_final = h0, F0
@@ -64,24 +68,27 @@ class _STPNSequence(torch.autograd.Function):
                 outputs.append(record.out)
                 h, F_final = record.out[:, -1].clone(), record.F_final
             out = torch.cat(outputs, dim=1)
-        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, out if ctx.starts is None else None)
+            own = (None,) * len(BUFFERS)
+        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, out if ctx.starts is None else None, *own)
         return out, F_final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
-        x, _, _, W, b, lam, gam, out = ctx.saved_tensors  # checks that nothing saved changed
+        x, _, _, W, b, lam, gam, out, *own = ctx.saved_tensors  # checks that nothing changed
         config, chunk, backend = ctx.config, ctx.chunk, ctx.backend
         B, T, _ = x.shape
         if grad_out is None:
             grad_out = torch.zeros(B, T, W.shape[0], dtype=x.dtype, device=x.device)
         if ctx.starts is None:
             ctx.record.out = out  # for this call only (see forward)
+            _give_buffers(ctx.record, own)
             gx, gh, gF, *grads = backend.backward(
                 ctx.record, grad_out, grad_F, lam, gam,
                 need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
             )
             ctx.record.out = None
+            _take_buffers(ctx.record)
             return None, None, gx, gh if config.recurrent else None, gF, *grads
         gF, gh, pieces = grad_F, None, []
         grad_params: list[Tensor | None] = [None, None, None, None]
@@ -102,6 +109,23 @@ class _STPNSequence(torch.autograd.Function):
             ]
         grad_x = torch.cat(pieces[::-1], dim=1)
         return None, None, grad_x, gh if config.recurrent else None, gF, *grad_params
+
+
+BUFFERS = ("S", "R", "R2", "memories", "mask")
+"""The fields of a :class:`.loop.Record` that hold a run's own buffers."""
+
+
+def _take_buffers(record: Record) -> tuple[Tensor | None, ...]:
+    """The record's own buffers (:data:`BUFFERS`), which it no longer holds."""
+    own = tuple(getattr(record, name) for name in BUFFERS)
+    for name in BUFFERS:
+        setattr(record, name, None)
+    return own
+
+
+def _give_buffers(record: Record, own: tuple[Tensor | None, ...]) -> None:
+    for name, tensor in zip(BUFFERS, own, strict=True):
+        setattr(record, name, tensor)
 
 
 def sequence(
