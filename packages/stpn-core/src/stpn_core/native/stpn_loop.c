@@ -26,9 +26,9 @@
  * side needs no transposes: x and its gradient (B,T,NI), h0 (B,H), out and the output gradient
  * (B,T,H), F0 (B,H,D). Only C reads S, R, R2 (B,T,H) and the checkpoints (B,ceil(T/K)-1,H,D) (F at
  * t = K, 2K, ...; F0 is the one at t = 0): a group stores its blocks of them lane-interleaved
- * ([.][lane]); x, h0, F0, out and the gradients are gathered or scattered once per step. The
- * presynaptic vector v_t = [x_t; h_{t-1}] is assembled per step from x, h0 and out, instead of
- * being stored. lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since
+ * ([.][lane]); x, h0, F0, out and the gradients are gathered or scattered once per call, into
+ * or out of lane-interleaved copies. The presynaptic vector v_t = [x_t; h_{t-1}] is assembled
+ * per step from those of x, h0 and out, instead of being stored. lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since
  * Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated
  * output memory costs a page fault per 4 KiB on first touch, so nothing is stored that can be
  * rebuilt cheaply.

@@ -124,6 +124,7 @@ def _take_buffers(record: Record) -> tuple[Tensor | None, ...]:
 
 
 def _give_buffers(record: Record, own: tuple[Tensor | None, ...]) -> None:
+    """Hand the record its own buffers back (for the backward call only)."""
     for name, tensor in zip(BUFFERS, own, strict=True):
         setattr(record, name, tensor)
 

@@ -68,7 +68,7 @@ SPARE_MIN_BYTES = 1 << 22
 """Buffers that only the C loop reads (``S``, ``R``, ``R2``, the checkpoints) of at least this
 size come from blocks of memory kept in the process (:func:`_internal`). The C library serves
 a large request with a fresh mapping, each page of which faults in on its first write: at the
-maze size with B 512 a training step took 39 000 page faults, and 15 % less time with 26 000
+maze size with B 512 a training step took 39 000 page faults, and 15 % less time with 22 900
 fewer when these buffers were reused (2026-12-02). Smaller ones come from ``torch.empty``."""
 MAX_BLOCKS = 16
 """Blocks kept at most: a new one replaces the oldest that no tensor uses (four per run)."""
