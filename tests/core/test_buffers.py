@@ -26,7 +26,7 @@ def every_buffer_on_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def model() -> STPN:
-    """The post norm and a binding clamp: every kind of buffer (S, R2, checkpoints) is used."""
+    """The post norm and a binding clamp: every kind of buffer (S, R, R2, checkpoints) is used."""
     torch.manual_seed(0)
     layer = STPN(5, 4, implementation="fast", dtype=DOUBLE, norm_timing="post", clamp=0.05)
     with torch.no_grad():

@@ -56,8 +56,8 @@ class _STPNSequence(torch.autograd.Function):
             out, F_final = ctx.record.out, ctx.record.F_final
             # Not kept here: out -> grad_fn -> ctx -> record -> out would be a reference cycle,
             # freed only by the garbage collector (memory and page faults piled up until then).
-            # Autograd keeps ``out`` (saved below) without one.
-            ctx.record.out = ctx.record.F_final = None
+            # Autograd keeps ``out`` (saved below, with the other buffers) without one.
+            ctx.record.F_final = None
             own = _take_buffers(ctx.record)
         else:  # keep only each chunk's starting state; the chunk is recomputed in the backward
             outputs, ctx.starts, ctx.record = [], [], None
@@ -69,25 +69,23 @@ class _STPNSequence(torch.autograd.Function):
                 h, F_final = record.out[:, -1].clone(), record.F_final
             out = torch.cat(outputs, dim=1)
             own = (None,) * len(BUFFERS)
-        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, out if ctx.starts is None else None, *own)
+        ctx.save_for_backward(x, h0, F0, W, b, lam, gam, *own)
         return out, F_final
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_F: Tensor | None) -> tuple[Any, ...]:
-        x, _, _, W, b, lam, gam, out, *own = ctx.saved_tensors  # checks that nothing changed
+        x, _, _, W, b, lam, gam, *own = ctx.saved_tensors  # checks that nothing saved changed
         config, chunk, backend = ctx.config, ctx.chunk, ctx.backend
         B, T, _ = x.shape
         if grad_out is None:
             grad_out = torch.zeros(B, T, W.shape[0], dtype=x.dtype, device=x.device)
         if ctx.starts is None:
-            ctx.record.out = out  # for this call only (see forward)
-            _give_buffers(ctx.record, own)
+            _give_buffers(ctx.record, own)  # for this call only (see forward)
             gx, gh, gF, *grads = backend.backward(
                 ctx.record, grad_out, grad_F, lam, gam,
                 need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
             )
-            ctx.record.out = None
             _take_buffers(ctx.record)
             return None, None, gx, gh if config.recurrent else None, gF, *grads
         gF, gh, pieces = grad_F, None, []
@@ -111,8 +109,9 @@ class _STPNSequence(torch.autograd.Function):
         return None, None, grad_x, gh if config.recurrent else None, gF, *grad_params
 
 
-BUFFERS = ("S", "R", "R2", "memories", "mask")
-"""The fields of a :class:`.loop.Record` that hold a run's own buffers."""
+BUFFERS = ("out", "S", "R", "R2", "memories", "mask")
+"""The fields of a :class:`.loop.Record` that its backward reads and autograd keeps for it: the
+output and the run's own buffers."""
 
 
 def _take_buffers(record: Record) -> tuple[Tensor | None, ...]:

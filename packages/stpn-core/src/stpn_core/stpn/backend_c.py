@@ -86,7 +86,7 @@ def _internal(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     long as any tensor (or autograd, for the backward) holds the buffer; a run freed, or its
     graph freed after the backward, frees it for the next run, in any order."""
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < max(SPARE_MIN_BYTES, 1):
+    if nbytes == 0 or nbytes < SPARE_MIN_BYTES:  # torch.frombuffer refuses an empty buffer
         return torch.empty(shape, dtype=dtype)
     with _blocks_lock:
         free = [b for b in _blocks if not b[1] or b[1][0]() is None]
