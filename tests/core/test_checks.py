@@ -94,9 +94,8 @@ def test_disable_native_refuses_other_words(
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("steps", [1, 40])
 def test_non_finite_memory_is_refused_without_gradients(name: str, bad: float, steps: int) -> None:
-    """Without gradients the fast path checks F after the run, from its sums: a bad value must
-    still be found with zero inputs (NaN·0 and ∞·0), in any row, and for sums longer than F's
-    rows (``steps`` 40 > 7), where F itself is checked."""
+    """Without gradients, one step or many: a bad value in any row of F is found, also where
+    every input is zero (NaN·0 and ∞·0 would vanish from a check that multiplied)."""
     model = build_model(name, 3, 4)
     x = torch.zeros(2, steps, 3)
     with torch.no_grad():

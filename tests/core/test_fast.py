@@ -436,6 +436,46 @@ def test_zero_rows_give_finite_gradients(backend: str, options: dict) -> None:
         torch.testing.assert_close(got, want, atol=0, rtol=1e-10)
 
 
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_no_state_is_a_zero_state(backend: str, chunk: int | None) -> None:
+    """Without a state the fast loop starts from zeros that nobody builds (the C loop reads no
+    memory for them); outputs, final state and every gradient are those of an explicit zero
+    state, bit for bit, also when the sequence is recomputed in chunks."""
+    model, _ = pair(STPN, **OPTIONS["maze"])
+    model.bptt_chunk = chunk
+    x = torch.randn(BATCH, T_LONG, 5, dtype=DOUBLE, requires_grad=True)
+    results = []
+    for state in (None, model.initial_state(BATCH)):
+        out, final = model(x, state)
+        loss = out.square().sum() + final.F.sum() + final.h.sum()
+        grads = torch.autograd.grad(loss, [x, *model.parameters()])
+        results.append([out, final.h, final.F, *grads])
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DOUBLE])
+@pytest.mark.parametrize("grad", [True, False])
+def test_every_non_finite_input_is_named(backend: str, dtype: torch.dtype, grad: bool) -> None:
+    """The fast loop checks x and a given state itself, as it reads them, a group of samples at
+    a time: a NaN or an infinity in any sample (of a whole group or of those left over), at any
+    step, is refused with the input's name, with or without a graph; huge finite values pass."""
+    model = STPN(5, 4, implementation="fast", dtype=dtype)
+    x = torch.randn(BATCH, T_LONG, 5, dtype=dtype)
+    zero = model.initial_state(BATCH)
+    state = STPNState(torch.randn_like(zero.h), torch.randn_like(zero.F), None)
+    inputs = {"x": x, "state.h": state.h, "state.F": state.F}
+    with torch.set_grad_enabled(grad):
+        for name, tensor in inputs.items():
+            for sample, bad in ((0, float("nan")), (5, float("inf")), (BATCH - 1, -float("inf"))):
+                broken = {**inputs, name: tensor.clone()}
+                broken[name][sample].view(-1)[sample % 3 - 2] = bad
+                with pytest.raises(ValueError, match=f"^{name}: contains NaN or infinite"):
+                    model(broken["x"], STPNState(broken["state.h"], broken["state.F"], None))
+        huge = torch.finfo(dtype).max
+        model(torch.full_like(x, huge), STPNState(zero.h + huge, zero.F + huge, None))
+
+
 @pytest.mark.parametrize("steps", [1, T_LONG])
 def test_no_grad_calls_equal_reference(backend: str, steps: int) -> None:
     """Without a graph to record (rollouts: one step at a time under no_grad) the backend runs

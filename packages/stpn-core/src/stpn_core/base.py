@@ -121,12 +121,11 @@ class RecurrentModel(nn.Module):
         ))
 
     def check_state(
-        self, state: Any, batch_size: int, like: Tensor, *, unchecked: tuple[str, ...] = ()
+        self, state: Any, batch_size: int, like: Tensor, *, finite: bool = True
     ) -> None:
         """Raise a clear error unless ``state`` is this model's state for ``batch_size`` samples,
-        with ``like``'s dtype and device, and finite. The finiteness of the fields named in
-        ``unchecked`` is left to the caller (a model that can check it more cheaply after the
-        step, with :func:`check_finite`)."""
+        with ``like``'s dtype and device, and (``finite``) free of NaN and infinity; ``False``
+        leaves that to the caller (a model that checks it more cheaply, in its own loop)."""
         kind, fields = self.state_type.__name__, self.state_type._fields
         if not isinstance(state, tuple) or len(state) != len(fields):
             raise TypeError(f"state: expected a {kind}{fields}, got {type(state).__name__}")
@@ -146,7 +145,7 @@ class RecurrentModel(nn.Module):
                     f"state.{name}: expected {like.dtype} on {like.device}, "
                     f"got {got.dtype} on {got.device}"
                 )
-            if name not in unchecked:
+            if finite:
                 check_finite(f"state.{name}", got)
 
     def reset_state(self, state: NamedTuple, mask: Tensor, *, inplace: bool = False) -> NamedTuple:
@@ -174,25 +173,31 @@ class RecurrentModel(nn.Module):
     # -- input checks -------------------------------------------------------------------------
 
     def _prepare_input(
-        self, x: Tensor, state: NamedTuple | None, unchecked: tuple[str, ...] = ()
-    ) -> tuple[Tensor, NamedTuple]:
+        self, x: Tensor, state: NamedTuple | None, *, finite: bool = True, zeros: bool = True
+    ) -> tuple[Tensor, NamedTuple | None]:
         """Validate ``x`` and ``state``; return ``x`` as ``(B, T, I)`` and a state to start from.
-        ``unchecked``: as :meth:`check_state`'s."""
-        check_sequence(x, self.input_size, self._parameter_like(), batch_first=self.batch_first)
+        ``finite``: also check both for NaN and infinity (``False``: the caller does);
+        ``zeros``: build the zero state when none is given (``False``: leave ``None``, for a
+        loop that starts from zeros without one)."""
+        check_sequence(x, self.input_size, self._parameter_like(), batch_first=self.batch_first,
+                       finite=finite)
         if not self.batch_first:
             x = x.transpose(0, 1)
-        if state is None:
+        if state is not None:
+            self.check_state(state, x.shape[0], x, finite=finite)
+        elif zeros:
             state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
-        else:
-            self.check_state(state, x.shape[0], x, unchecked=unchecked)
         return x, state
 
     def _finish_output(self, output: Tensor) -> Tensor:
         return output if self.batch_first else output.transpose(0, 1)
 
 
-def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: bool = True) -> None:
-    """Raise a clear error unless ``x`` is a finite float sequence matching the model."""
+def check_sequence(
+    x: Tensor, input_size: int, like: Tensor, *, batch_first: bool = True, finite: bool = True
+) -> None:
+    """Raise a clear error unless ``x`` is a float sequence matching the model, and (``finite``)
+    free of NaN and infinity."""
     layout = "(B, T, I)" if batch_first else "(T, B, I)"
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor of shape {layout}, got {type(x).__name__}")
@@ -209,13 +214,19 @@ def check_sequence(x: Tensor, input_size: int, like: Tensor, *, batch_first: boo
         raise TypeError(f"x: dtype {x.dtype} does not match the model's parameters ({like.dtype})")
     if x.device != like.device:
         raise ValueError(f"x: device {x.device} does not match the model's ({like.device})")
-    check_finite("x", x)
+    if finite:
+        check_finite("x", x)
 
 
 def check_finite(name: str, tensor: Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` if ``tensor`` holds a NaN or an infinity."""
     if not all_finite(tensor):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise non_finite(name)
+
+
+def non_finite(name: str) -> ValueError:
+    """The error for the tensor ``name`` holding a NaN or an infinity."""
+    return ValueError(f"{name}: contains NaN or infinite values")
 
 
 def all_finite(tensor: Tensor) -> bool:

@@ -142,6 +142,26 @@ static inline vec relu_grad(vec h) { return (vec)((vmask)bc(1) & (h > bc(0))); }
 
 long stpn_lanes(void) { return LANES; }
 
+/* Integers of REAL's width, through which the values' bits are read (may_alias: the same memory
+ * is read as REAL elsewhere). */
+typedef REAL real_1 __attribute__((vector_size(sizeof(REAL))));
+typedef __typeof__(((real_1){0} < (real_1){0})[0]) real_bits __attribute__((may_alias));
+
+/* Whether n values hold a NaN or an infinity: a value whose exponent bits are all ones. Read as
+ * integers, since under -ffast-math the compiler may take every value as finite and fold
+ * isfinite() to true. */
+static int nonfinite(const REAL *values, long n) {
+    const real_bits *bits = (const real_bits *)values;
+    const real_bits ones = sizeof(REAL) == 4 ? 0x7f800000 : 0x7ff0000000000000;
+    real_bits top = 0;
+#pragma omp simd reduction(max : top)
+    for (long k = 0; k < n; k++) {
+        const real_bits e = bits[k] & ones;
+        top = e > top ? e : top;
+    }
+    return top == ones;
+}
+
 /* In the one-sample build, asks the compiler to vectorise the loop that follows (along a row, or
  * over units; the clauses name its sums); the group build's loops are vector code already. */
 #if LANES == 1
@@ -210,7 +230,7 @@ static void scatter(REAL *restrict dst, long stride, const vec *restrict src, lo
 }
 
 static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
-    for (long k = 0; k < n; k++) dst[k] += src[k];
+    memcpy(dst, src, sizeof(REAL) * n);
 }
 #else
 /* Transposing LANES x LANES tiles in registers: at each scale d (1, 2, 4, ...) the off-diagonal
@@ -292,7 +312,7 @@ static void reduce_lanes(REAL *restrict dst, const vec *restrict src, long n) {
     for (long k = 0; k < n; k++) {
         REAL sum = 0;
         for (long l = 0; l < LANES; l++) sum += src[k][l];
-        dst[k] += sum;
+        dst[k] = sum;
     }
 }
 #endif
@@ -431,6 +451,25 @@ static void group_update(const Cfg *c, const REAL *W, const REAL *lam, const REA
     }
 }
 
+/* The group's memory (or h) at t = 0 into dst: src's, or zeros where src is NULL (no state
+ * given: the caller need not build one). */
+static void group_start(vec *dst, const REAL *src, long b0, long n) {
+    if (src) gather(dst, src + b0 * n, n, n);
+    else memset(dst, 0, sizeof(vec) * n);
+}
+
+/* Of the inputs named by `check` (bit 0: x, 1: h0, 2: F0), those where the group's samples hold
+ * a NaN or an infinity, as the same bits. Each group's block of an input is contiguous. */
+static int group_nonfinite(const Cfg *c, long b0, int check, const REAL *x, const REAL *h0,
+                           const REAL *F0) {
+    const long T = c->T, H = c->H, HD = c->H * c->D, NI = c->NI;
+    int found = 0;
+    if (check & 1) found |= nonfinite(x + b0 * T * NI, LANES * T * NI);
+    if ((check & 2) && h0) found |= nonfinite(h0 + b0 * H, LANES * H) << 1;
+    if ((check & 4) && F0) found |= nonfinite(F0 + b0 * HD, LANES * HD) << 2;
+    return found;
+}
+
 static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias,
                           const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x,
                           const REAL *h0, REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt,
@@ -442,8 +481,8 @@ static void group_forward(const Cfg *c, long b0, const REAL *W, const REAL *bias
     vec *Rg = R ? (vec *)(R + b0 * T * H) : NULL, *R2g = R2 ? (vec *)(R2 + b0 * T * H) : NULL;
     const vec *xs = sequence_in(x, b0, T, NI, seq);
     vec *hs = sequence_out(out, b0, T, H, seq + T * NI);
-    gather(F, F0 + b0 * HD, HD, HD);
-    if (c->recurrent) gather(hg0, h0 + b0 * H, H, H);
+    group_start(F, F0, b0, HD);
+    if (c->recurrent) group_start(hg0, h0, b0, H);
     for (long t = 0; t < T; t++) {
         vec *h = hs + t * H;
         if (t > 0 && t % K == 0) memcpy(ck + (t / K - 1) * HD, F, sizeof(vec) * HD);
@@ -466,18 +505,26 @@ static void share(long b0, long b1, long *g0, long *g1) {
     *g1 = b0 + LANES * (groups * (k + 1) / n);
 }
 
-void stpn_forward(const Cfg *c, long threads, long b0, long b1, const REAL *W, const REAL *bias,
-                  const REAL *lam, const REAL *gam, const REAL *F0, const REAL *x, const REAL *h0,
-                  REAL *out, REAL *R, REAL *S, REAL *R2, REAL *ckpt, REAL *F_final) {
-#pragma omp parallel num_threads(threads) if (threads > 1)
+/* Runs the sequence of samples [b0, b1); h0 and F0 may be NULL (zeros). Returns which of the
+ * inputs named by `check` (see group_nonfinite) hold a NaN or an infinity: the caller raises,
+ * having had the check at the cost of one more read of memory the loop reads anyway. */
+long stpn_forward(const Cfg *c, long threads, long b0, long b1, int check, const REAL *W,
+                  const REAL *bias, const REAL *lam, const REAL *gam, const REAL *F0,
+                  const REAL *x, const REAL *h0, REAL *out, REAL *R, REAL *S, REAL *R2,
+                  REAL *ckpt, REAL *F_final) {
+    long found = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1) reduction(| : found)
     {
         vec *work = kept(0, 2 * c->H * c->D + 2 * c->D + c->H + sequence_values(c, 1, 1));
         long g0, g1;
         share(b0, b1, &g0, &g1);
-        for (; g0 < g1; g0 += LANES)
+        for (; g0 < g1; g0 += LANES) {
+            if (check) found |= group_nonfinite(c, g0, check, x, h0, F0);
             group_forward(c, g0, W, bias, lam, gam, F0, x, h0, out, R, S, R2, ckpt, F_final,
                           work);
+        }
     }
+    return found;
 }
 
 /* Per-lane sums of the parameter gradients over the groups, reduced across lanes at the end. */
@@ -684,11 +731,11 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     if (grad_F) gather(gF, grad_F + b0 * HD, HD, HD);
     else memset(gF, 0, sizeof(vec) * HD);
     memset(gh, 0, sizeof(vec) * H);
-    if (c->recurrent) gather(hg0, h0 + b0 * H, H, H);
+    if (c->recurrent) group_start(hg0, h0, b0, H);
     for (long t0 = ((T - 1) / K) * K; t0 >= 0; t0 -= K) {
         const long t1 = t0 + K < T ? t0 + K : T;
         if (t0) memcpy(ws, ck + (t0 / K - 1) * HD, sizeof(vec) * HD);
-        else gather(ws, F0 + b0 * HD, HD, HD);
+        else group_start(ws, F0, b0, HD);
         for (long t = t0; t < t1; t++) { /* recompute F over the chunk */
             const vec *h = hs + t * H;
             group_presynaptic(c, xs, hs, hg0, t, v);
@@ -711,30 +758,36 @@ static void group_backward(const Cfg *c, long b0, const REAL *W, const REAL *lam
     scatter(gh_out + b0 * H, H, gh, H);
 }
 
-/* The parameter gradients go to `grads`, one zeroed row of 3 H·D + H values per thread (team
- * member k adds its share to row k): dL/dW, dL/dΛ, dL/dΓe (H·D each), then dL/db. */
+/* The parameter gradients of samples [b0, b1) go to the first row of `grads`, 3 H·D + H values:
+ * dL/dW, dL/dΛ, dL/dΓe (H·D each), then dL/db. `grads` has a row per thread asked for (team
+ * member k writes its share to row k, and the rows are summed into the first after the team is
+ * done): nothing in it needs zeroing, and nothing is left to sum outside. */
 void stpn_backward(const Cfg *c, long threads, long b0, long b1, const REAL *W, const REAL *lam,
                    const REAL *gam, const REAL *F0, const REAL *ckpt, const REAL *x,
                    const REAL *h0, const REAL *out, const REAL *R, const REAL *S,
                    const REAL *R2, const REAL *grad_out, const REAL *grad_F, REAL *gF, REAL *gh,
                    REAL *gx, REAL *grads) {
-    const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K;
+    const long H = c->H, D = c->D, HD = c->H * c->D, K = c->K, n = 3 * HD + H;
     const long RB = c->current && c->recurrent ? H : ROW_BLOCK;
+    long team = 1; /* the runtime may give fewer threads than asked for */
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        if (omp_get_thread_num() == 0) team = omp_get_num_threads();
         vec *work = kept(0, (K + 2) * HD + RB * D + 4 * D + 9 * H + sequence_values(c, 2, 2));
-        vec *sums = kept(1, 3 * HD + H);
-        memset(sums, 0, sizeof(vec) * (3 * HD + H));
+        vec *sums = kept(1, n);
+        memset(sums, 0, sizeof(vec) * n);
         const LaneGrads acc = {sums, sums + HD, sums + 2 * HD, sums + 3 * HD};
         long g0, g1;
         share(b0, b1, &g0, &g1);
         for (; g0 < g1; g0 += LANES)
             group_backward(c, g0, W, lam, gam, F0, ckpt, x, h0, out, R, S, R2, grad_out, grad_F,
                            gF, gh, gx, &acc, work);
-        REAL *row = grads + omp_get_thread_num() * (3 * HD + H);
+        REAL *row = grads + omp_get_thread_num() * n;
         reduce_lanes(row, acc.gW, HD);
         reduce_lanes(row + HD, acc.glam, HD);
         reduce_lanes(row + 2 * HD, acc.ghebb, HD);
         reduce_lanes(row + 3 * HD, acc.gb, H);
     }
+    for (long k = 1; k < team; k++)
+        for (long j = 0; j < n; j++) grads[j] += grads[k * n + j];
 }

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from stpn_core.base import all_finite, check_finite
 from stpn_core.stpn import backend_c, backend_torch
 from stpn_core.stpn.loop import LoopConfig, Record
 
@@ -29,7 +28,9 @@ if TYPE_CHECKING:
 
 
 class _STPNSequence(torch.autograd.Function):
-    """``(x (B,T,I), h0, F0, W, b, Λ, Γ) -> (outputs (B,T,H), F_T)``, hand-written backward.
+    """``(x (B,T,I), h0, F0, W, b, Λ, Γ) -> (outputs (B,T,H), F_T)``, hand-written backward;
+    ``h0`` and ``F0`` may be ``None`` (zeros), and ``check`` asks the forward to test the inputs
+    for NaN and infinity (:data:`.loop.CHECKED`).
 
     With one chunk the output is the backend's own buffer, and the backward reads it, the input
     and the initial state in place: all are saved for the backward, so an in-place change of any
@@ -41,8 +42,8 @@ class _STPNSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, config: LoopConfig, chunk: int, x: Tensor, h0: Tensor, F0: Tensor, W: Tensor,
-        b: Tensor | None, lam: Tensor, gam: Tensor,
+        ctx: Any, config: LoopConfig, chunk: int, check: int, x: Tensor, h0: Tensor | None,
+        F0: Tensor | None, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
     ) -> tuple[Tensor, Tensor]:
         T = x.shape[1]
         backend = backend_c if backend_c.usable(x, W) else backend_torch
@@ -51,7 +52,7 @@ class _STPNSequence(torch.autograd.Function):
         # as large as the memory: the backends take None as zero and skip reading it.
         ctx.set_materialize_grads(False)
         if chunk >= T:
-            ctx.record = backend.forward(x, h0, F0, W, b, lam, gam, config)
+            ctx.record = backend.forward(x, h0, F0, W, b, lam, gam, config, check)
             ctx.starts = None
             out, F_final = ctx.record.out, ctx.record.F_final
             # Not kept here: out -> grad_fn -> ctx -> record -> out would be a reference cycle,
@@ -64,7 +65,9 @@ class _STPNSequence(torch.autograd.Function):
             h, F_final = h0, F0
             for t0 in range(0, T, chunk):
                 ctx.starts.append((h, F_final))
-                record = backend.forward(x[:, t0 : t0 + chunk], h, F_final, W, b, lam, gam, config)
+                piece = x[:, t0 : t0 + chunk]
+                record = backend.forward(piece, h, F_final, W, b, lam, gam, config, check)
+                check &= 1  # x only: h and F_final are the loop's own from here on
                 outputs.append(record.out)
                 h, F_final = record.out[:, -1].clone(), record.F_final
             out = torch.cat(outputs, dim=1)
@@ -84,10 +87,10 @@ class _STPNSequence(torch.autograd.Function):
             _give_buffers(ctx.record, own)  # for this call only (see forward)
             gx, gh, gF, *grads = backend.backward(
                 ctx.record, grad_out, grad_F, lam, gam,
-                need_x=ctx.needs_input_grad[2], need_F=ctx.needs_input_grad[4],
+                need_x=ctx.needs_input_grad[3], need_F=ctx.needs_input_grad[5],
             )
             _take_buffers(ctx.record)
-            return None, None, gx, gh if config.recurrent else None, gF, *grads
+            return None, None, None, gx, _h0_grad(ctx, gh), gF, *grads
         gF, gh, pieces = grad_F, None, []
         grad_params: list[Tensor | None] = [None, None, None, None]
         for index in range(len(ctx.starts) - 1, -1, -1):
@@ -106,7 +109,14 @@ class _STPNSequence(torch.autograd.Function):
                 for acc, g in zip(grad_params, grads, strict=True)
             ]
         grad_x = torch.cat(pieces[::-1], dim=1)
-        return None, None, grad_x, gh if config.recurrent else None, gF, *grad_params
+        gF = gF if ctx.needs_input_grad[5] else None  # (autograd refuses one for None)
+        return None, None, None, grad_x, _h0_grad(ctx, gh), gF, *grad_params
+
+
+def _h0_grad(ctx: Any, gh: Tensor | None) -> Tensor | None:
+    """The gradient returned for ``h0``: none for an ``h0`` not given (autograd refuses a
+    gradient for ``None``) or a feed-forward layer's (which does not read it)."""
+    return gh if ctx.config.recurrent and ctx.needs_input_grad[4] else None
 
 
 BUFFERS = ("out", "S", "R", "R2", "memories", "mask")
@@ -129,41 +139,28 @@ def _give_buffers(record: Record, own: tuple[Tensor | None, ...]) -> None:
 
 
 def sequence(
-    layer: STPN, x: Tensor, state: STPNState, bptt_chunk: int | None = None, *,
-    check_memory: bool = False,
+    layer: STPN, x: Tensor, state: STPNState | None, bptt_chunk: int | None = None, *,
+    check_state: bool = True,
 ) -> tuple[Tensor, STPNState]:
-    """Run ``layer`` over ``x`` ``(B, T, I)`` from ``state``: ``(output (B, T, H), state)``.
+    """Run ``layer`` over ``x`` ``(B, T, I)`` from ``state`` (``None``: zeros): ``(output
+    (B, T, H), state)``.
 
     ``bptt_chunk``: keep only each chunk's starting state and recompute it in the backward.
-    ``check_memory``: raise ``ValueError`` naming ``state.F`` if it holds a NaN or an infinity
-    (:meth:`.STPN.forward` leaves that check here).
+    Raises ``ValueError`` naming ``x``, ``state.h`` or ``state.F`` if it holds a NaN or an
+    infinity (the loop checks them, more cheaply than :meth:`.STPN.forward` could), the state
+    only if ``check_state``.
     """
     T = x.shape[1]
     chunk = T if bptt_chunk is None else min(T, bptt_chunk)
-    tensors = (x, state.h, state.F, layer.weight, layer.bias, layer.weight_lambda,
-               layer.weight_gamma)
+    h0, F0 = (None, None) if state is None else (state.h, state.F)
+    check = 1 | (6 if check_state and state is not None else 0)
+    tensors = (x, h0, F0, layer.weight, layer.bias, layer.weight_lambda, layer.weight_gamma)
+    state_type = layer.state_type
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
         # Nothing to differentiate (rollouts, evaluation, online use): the backend's forward
         # alone, without the autograd Function and what it saves.
         backend = backend_c if backend_c.usable(x, layer.weight) else backend_torch
-        record = backend.forward(*tensors, LoopConfig.of(layer))
-        if check_memory and not (
-            backend is backend_c and _finite_from_sums(record, layer.weight.shape[1])
-        ):
-            check_finite("state.F", state.F)
-        return record.out, type(state)(record.out[:, -1], record.F_final, None)
-    if check_memory:
-        check_finite("state.F", state.F)
-    out, F = _STPNSequence.apply(LoopConfig.of(layer), chunk, *tensors)
-    return out, type(state)(out[:, -1], F, None)
-
-
-def _finite_from_sums(record: Record, row: int) -> bool:
-    """Whether the run's sums ``S`` (``G_t v_t``, ``(B, T, H)``) show the starting memory
-    ``F_0`` finite, when they are fewer values than ``F_0`` (``T < row``: at a rollout step, one
-    per row of ``F_0``). Every row of ``G_0 = W + F_0`` enters ``S_0``, and a NaN or infinity
-    times anything (zero included) is non-finite, as is a sum holding one, so finite sums prove
-    ``F_0`` finite. Non-finite ones prove nothing (a sum may overflow, ``W`` or a later step may
-    hold the NaN): then ``F_0`` itself is checked. Only the C loop's sums serve: they multiply
-    every term, where a BLAS ``gemv`` (the torch loop's ``bmm``) may skip zero inputs."""
-    return record.S.shape[1] < row and all_finite(record.S)
+        record = backend.forward(*tensors, LoopConfig.of(layer), check)
+        return record.out, state_type(record.out[:, -1], record.F_final, None)
+    out, F = _STPNSequence.apply(LoopConfig.of(layer), chunk, check, *tensors)
+    return out, state_type(out[:, -1], F, None)

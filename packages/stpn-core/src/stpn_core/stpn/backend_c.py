@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from stpn_core.cli import env_flag
-from stpn_core.stpn.loop import LoopConfig, Record, hebbian_rate, rate_grads
+from stpn_core.stpn.loop import LoopConfig, Record, hebbian_rate, raise_nonfinite, rate_grads
 from stpn_core.stpn.reference import ACTIVATIONS, NORM_EPS
 
 SOURCE = Path(__file__).parent.parent / "native" / "stpn_loop.c"
@@ -185,10 +185,10 @@ def library(dtype: torch.dtype, width: int = 256, grouped: bool = True) -> ctype
         return None
     if lib is not None:  # declared once, so calls pass plain ints without wrapper objects
         head = [ctypes.POINTER(_CArgs), ctypes.c_long, ctypes.c_long, ctypes.c_long]
-        lib.stpn_forward.argtypes = head + [ctypes.c_void_p] * 13
+        lib.stpn_forward.argtypes = head + [ctypes.c_int] + [ctypes.c_void_p] * 13
         lib.stpn_backward.argtypes = head + [ctypes.c_void_p] * 17
-        lib.stpn_forward.restype = lib.stpn_backward.restype = None
-        lib.stpn_lanes.restype = ctypes.c_long
+        lib.stpn_forward.restype = lib.stpn_lanes.restype = ctypes.c_long
+        lib.stpn_backward.restype = None
     return lib
 
 
@@ -267,11 +267,14 @@ def _plan(
 
 
 def forward(
-    x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
-    config: LoopConfig,
+    x: Tensor, h0: Tensor | None, F0: Tensor | None, W: Tensor, b: Tensor | None, lam: Tensor,
+    gam: Tensor, config: LoopConfig, check: int = 0,
 ) -> Record:
     """The sequence forward in C over ``x`` ``(B, T, I)``: outputs ``(B, T, H)``, final memory
-    and what :func:`backward` needs. Buffers are left uninitialised: C writes all of them."""
+    and what :func:`backward` needs. Buffers are left uninitialised: C writes all of them.
+    ``h0``, ``F0``: ``None`` for zeros. ``check``: the inputs to test for NaN and infinity
+    (:data:`.loop.CHECKED`); the C loop tests each group's values just before it reads them,
+    instead of a torch reduction per input and call."""
     B, T, I = x.shape  # noqa: E741
     H, D = W.shape
     every = recompute_interval(T, H, D, x.element_size())
@@ -281,20 +284,23 @@ def forward(
     R = _internal((B, T, H), x.dtype) if config.normalise else None
     R2 = _internal((B, T, H), x.dtype) if config.post else None
     memories = _internal((B, -(-T // every) - 1, H, D), x.dtype)
-    x, h0, F0 = x.contiguous(), h0.contiguous(), F0.contiguous()
-    W = W.contiguous()
+    x, W = x.contiguous(), W.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    F0 = None if F0 is None else F0.contiguous()
     lam, rate = _full(lam, W), _full(hebbian_rate(lam, gam, config), W)
     b = None if b is None else b.contiguous()
     args, segments = _plan(
         config, (T, B, I, H, D, every), x.dtype, b is not None, torch.get_num_threads(),
         MIN_WORK_PER_THREAD,
     )
+    found = 0
     for lib, b0, b1, threads in segments:
-        lib.stpn_forward(
-            ctypes.byref(args), threads, b0, b1, _ptr(W), _ptr(b), _ptr(lam), _ptr(rate),
-            _ptr(F0), _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2), _ptr(memories),
-            _ptr(F_final),
+        found |= lib.stpn_forward(
+            ctypes.byref(args), threads, b0, b1, check, _ptr(W), _ptr(b), _ptr(lam),
+            _ptr(rate), _ptr(F0), _ptr(x), _ptr(h0), _ptr(out), _ptr(R), _ptr(S), _ptr(R2),
+            _ptr(memories), _ptr(F_final),
         )
+    raise_nonfinite(found)
     return Record(
         config, x, h0, F0, W, lam, rate, b is not None, out, S, R, R2, memories, F_final,
         native=(args, segments),
@@ -316,11 +322,11 @@ def backward(
     gh = torch.empty(B, H, **opts)  # C initialises it (and gF)
     gF = torch.empty(B, H, D, **opts) if need_F else None
     gx = torch.empty(B, T, r.x.shape[2], **opts) if need_x else None
-    # One row of accumulators per thread: dL/d(W, Λ, Γe) (H·D each), then dL/db; summed after.
-    acc = torch.zeros(sum(threads for *_, threads in segments), 3 * HD + H, **opts)
+    # A row per thread for dL/d(W, Λ, Γe) (H·D each), then dL/db: C sums a call's into its first.
+    acc = torch.empty(sum(threads for *_, threads in segments), 3 * HD + H, **opts)
     grad_out = grad_out.contiguous()  # kept in a variable: C reads its memory
     grad_F = None if grad_F is None else grad_F.contiguous()
-    row = 0
+    row, firsts = 0, []
     for lib, b0, b1, threads in segments:
         lib.stpn_backward(
             ctypes.byref(args), threads, b0, b1, _ptr(r.W), _ptr(r.lam), _ptr(r.rate),
@@ -328,8 +334,9 @@ def backward(
             _ptr(r.S), _ptr(r.R2), _ptr(grad_out), _ptr(grad_F), _ptr(gF), _ptr(gh), _ptr(gx),
             _ptr(acc[row]),
         )
+        firsts.append(acc[row])
         row += threads
-    total = acc[0] if len(acc) == 1 else acc.sum(0)
+    total = firsts[0] if len(firsts) == 1 else firsts[0] + firsts[1]
     gW, g_lam, g_rate = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
     g_lam, g_gam = rate_grads(g_lam, g_rate, lam, gam, r.config)
     return gx, gh, gF, gW, total[3 * HD :] if r.has_bias else None, g_lam, g_gam

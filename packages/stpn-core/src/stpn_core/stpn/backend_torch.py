@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from stpn_core.stpn.loop import LoopConfig, Record, hebbian_rate, rate_grads
+from stpn_core.base import check_finite
+from stpn_core.stpn.loop import CHECKED, LoopConfig, Record, hebbian_rate, rate_grads
 from stpn_core.stpn.reference import ACTIVATIONS, NORM_EPS
 
 CHUNK_ELEMENTS = 1 << 22
@@ -21,16 +22,24 @@ CHUNK_ELEMENTS = 1 << 22
 
 
 def forward(
-    x: Tensor, h0: Tensor, F0: Tensor, W: Tensor, b: Tensor | None, lam: Tensor, gam: Tensor,
-    config: LoopConfig,
+    x: Tensor, h0: Tensor | None, F0: Tensor | None, W: Tensor, b: Tensor | None, lam: Tensor,
+    gam: Tensor, config: LoopConfig, check: int = 0,
 ) -> Record:
     """Run the sequence ``x`` ``(B, T, I)``; return the outputs, final memory and everything the
-    backward needs."""
+    backward needs. ``h0``, ``F0``: ``None`` for zeros; ``check``: see :data:`.loop.CHECKED`."""
+    for bit, (name, tensor) in enumerate(zip(CHECKED, (x, h0, F0), strict=True)):
+        if check >> bit & 1 and tensor is not None:
+            check_finite(name, tensor)
     B, T, I = x.shape  # noqa: E741
     H, D = W.shape
     opts = {"device": x.device, "dtype": x.dtype}
+    if h0 is None:  # the backward reads it (the C loop's takes None as zeros)
+        h0 = torch.zeros(B, H, **opts)
     memories = torch.empty(B, T + 1, H, D, **opts)
-    memories[:, 0] = F0
+    if F0 is None:
+        memories[:, 0] = 0
+    else:
+        memories[:, 0] = F0
     out, S = torch.empty(B, T, H, **opts), torch.empty(B, T, H, **opts)
     R = torch.empty(B, T, H, **opts) if config.normalise else None
     R2 = torch.empty(B, T, H, **opts) if config.post else None

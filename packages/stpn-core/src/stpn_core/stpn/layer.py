@@ -251,28 +251,31 @@ class STPN(_STPNBase):
         self._fallback_warned: set[str] = set()
 
     def forward(self, x: Tensor, state: STPNState | None = None) -> tuple[Tensor, STPNState]:
-        fused, given = self._fused(), state is not None
-        # The fused loop checks a given memory F for NaN and infinity itself, where it can
-        # more cheaply after the run (autograd.sequence); the reference loop's is checked here.
-        x, state = self._prepare_input(x, state, unchecked=("F",) if fused else ())
+        fused = self._fused()
+        # The fused loop checks x and the state for NaN and infinity itself, as it reads them
+        # (autograd.sequence), and starts from zeros without a state built for it.
+        x, state = self._prepare_input(x, state, finite=not fused, zeros=not fused)
         if self.bptt_mode == "checkpoint" or self.bptt_chunk is None:
-            output, state = self._run(fused, x, state, self.bptt_chunk, check_memory=given)
+            output, state = self._run(fused, x, state, self.bptt_chunk, check_state=True)
             return self._finish_output(output), state
         outputs = []
         for t0 in range(0, x.shape[1], self.bptt_chunk):
             if t0 > 0:  # truncated BPTT: no gradient across the chunk boundary
                 state = type(state)(*(None if s is None else s.detach() for s in state))
             chunk = x[:, t0 : t0 + self.bptt_chunk]
-            out, state = self._run(fused, chunk, state, None, check_memory=given and t0 == 0)
+            out, state = self._run(fused, chunk, state, None, check_state=t0 == 0)
             outputs.append(out)
         return self._finish_output(torch.cat(outputs, dim=1)), state
 
     def _run(
-        self, fused: bool, x: Tensor, state: STPNState, chunk: int | None, check_memory: bool
+        self, fused: bool, x: Tensor, state: STPNState | None, chunk: int | None,
+        check_state: bool,
     ) -> tuple[Tensor, STPNState]:
+        """``check_state``: the fused loop checks the state given by the caller, not one of its
+        own (a later chunk's)."""
         if not fused:
             return reference.sequence(self, x, state, chunk)
-        return autograd.sequence(self, x, state, chunk, check_memory=check_memory)
+        return autograd.sequence(self, x, state, chunk, check_state=check_state)
 
     def _fused(self) -> bool:
         """Whether this call runs the fused loop; warns once per reason when "auto" cannot

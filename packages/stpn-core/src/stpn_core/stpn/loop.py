@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from stpn_core.base import non_finite
+
 if TYPE_CHECKING:
     from stpn_core.stpn.layer import STPN
 
@@ -86,6 +88,20 @@ def _reason(rule: str, norm: str, plastic_inputs: str, plastic_bias: bool) -> st
     return ", ".join(reasons) if reasons else None
 
 
+CHECKED = ("x", "state.h", "state.F")
+"""The inputs a backend's forward checks for NaN and infinity when asked: bit ``k`` of its
+``check`` argument stands for the ``k``-th of ``x``, ``h0``, ``F0`` (one not given, ``None``, is
+zeros and never checked), as does bit ``k`` of what the C loop reports."""
+
+
+def raise_nonfinite(found: int) -> None:
+    """Raise ``ValueError`` naming the first input of :data:`CHECKED` whose bit is set in
+    ``found``; nothing when none is."""
+    for bit, name in enumerate(CHECKED):
+        if found >> bit & 1:
+            raise non_finite(name)
+
+
 def hebbian_rate(lam: Tensor, gam: Tensor, config: LoopConfig) -> Tensor:
     """``Γe``, the rate of the Hebbian term in ``P = Λ⊙M + Γe⊙Δ``: ``Γ`` for ``stp`` and ``Λ⊙Γ``
     for ``prompt_decay`` (since ``Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ``), so the loops need no branch on
@@ -123,8 +139,8 @@ class Record:
 
     config: LoopConfig
     x: Tensor  # (B, T, I)
-    h0: Tensor  # (B, H)
-    F0: Tensor  # (B, H, D)
+    h0: Tensor | None  # (B, H); None: zeros (C loop)
+    F0: Tensor | None  # (B, H, D); None: zeros (C loop)
     W: Tensor  # (H, D), contiguous
     lam: Tensor  # Λ expanded to (H, D)
     rate: Tensor  # Γe expanded to (H, D)
