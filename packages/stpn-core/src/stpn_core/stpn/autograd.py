@@ -153,7 +153,8 @@ def sequence(
     T = x.shape[1]
     chunk = T if bptt_chunk is None else min(T, bptt_chunk)
     h0, F0 = (None, None) if state is None else (state.h, state.F)
-    check = 1 | (6 if check_state and state is not None else 0)
+    # Bits of loop.CHECKED: x always, state.h and state.F when given and asked for.
+    check = 0b001 | (0b110 if check_state and state is not None else 0)
     tensors = (x, h0, F0, layer.weight, layer.bias, layer.weight_lambda, layer.weight_gamma)
     state_type = layer.state_type
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
