@@ -13,7 +13,9 @@ reports belongs to it alone (``peak MiB``: the child's peak RSS minus its RSS af
 torch); ``first call`` is the wall time of the very first call (what a user waits for; for
 ``rollout_b64``, of its first :data:`ROLLOUT_STEPS` steps). Each
 fast/LSTM ratio comes from one further subprocess that holds both models and alternates them
-call by call, so that both see the same moments of a machine shared with other jobs. The thread
+call by call, so that both see the same moments of a machine shared with other jobs, for at least
+``--reps`` calls each and until the timed calls add up to ``--min-seconds`` (so that a stall of
+the machine is a small part of even the shortest step's run). The thread
 count is torch's default unless ``--threads`` is given; it is printed. Every child keeps freed
 memory in the process, as the project's commands do (:mod:`stpn_core.allocator`), unless
 ``--default-malloc`` is given.
@@ -117,19 +119,26 @@ def measure(size: str, model_name: str, reps: int, warmup: int) -> dict[str, flo
     }
 
 
-def measure_pair(size: str, reps: int, warmup: int) -> dict[str, float]:
-    """Fast path and LSTM in one process, alternating call by call: their medians and ratio."""
+def measure_pair(size: str, reps: int, warmup: int, min_seconds: float) -> dict[str, float]:
+    """Fast path and LSTM in one process, alternating call by call: their medians and ratio.
+
+    At least ``reps`` timed calls of each and at least ``min_seconds`` of timed calls in all:
+    20 calls of a 1 ms step last 40 ms, and one stall of the shared machine in them moved the
+    median by a tenth.
+    """
     made = {name: _make_call(size, name) for name in ("fast", "lstm")}
     calls, steps = {name: call for name, (call, _, _) in made.items()}, made["fast"][2]
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for rep in range(1 + warmup + reps):
+    rep = 0
+    while rep <= warmup + reps or sum(map(sum, times.values())) < min_seconds:
         for name, call in calls.items():
             start = time.perf_counter()
             call()
             if rep > warmup:
                 times[name].append(time.perf_counter() - start)
+        rep += 1
     fast, lstm = (1000 * statistics.median(times[name]) / steps for name in ("fast", "lstm"))
-    return {"fast_ms": fast, "lstm_ms": lstm, "ratio": fast / lstm}
+    return {"fast_ms": fast, "lstm_ms": lstm, "ratio": fast / lstm, "calls": len(times["fast"])}
 
 
 def _child(args: list[str], reps: int, warmup: int, threads: int | None, **env: str) -> dict:
@@ -165,7 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for m in models
         }
         ratios[size] = [
-            _child(["--pair", size, *malloc], reps, args.warmup, args.threads)
+            _child(["--pair", size, "--min-seconds", str(args.min_seconds), *malloc], reps,
+                   args.warmup, args.threads)
             for _ in range(args.rounds)
         ]
         if not args.json:
@@ -189,8 +199,8 @@ def _print_size(size: str, rows: dict[str, dict], ratios: list[dict]) -> None:
         )
     for r in ratios:
         print(
-            f"ratio fast/lstm {size}={r['ratio']:.2f} (one run, alternating: fast"
-            f" {r['fast_ms']:.2f} ms, lstm {r['lstm_ms']:.2f} ms)",
+            f"ratio fast/lstm {size}={r['ratio']:.2f} (one run, alternating {r['calls']} calls"
+            f" each: fast {r['fast_ms']:.2f} ms, lstm {r['lstm_ms']:.2f} ms)",
             flush=True,
         )
 
@@ -202,6 +212,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs per ratio")
+    parser.add_argument("--min-seconds", type=float, default=4.0,
+                        help="each ratio: keep alternating until the timed calls of both models "
+                             "add up to this many seconds (and --reps calls each)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--child", nargs=2, metavar=("SIZE", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--pair", metavar="SIZE", help=argparse.SUPPRESS)
@@ -221,7 +234,7 @@ def main() -> None:
         if args.child:
             print(json.dumps(measure(*args.child, args.reps, args.warmup)))
         else:
-            print(json.dumps(measure_pair(args.pair, args.reps, args.warmup)))
+            print(json.dumps(measure_pair(args.pair, args.reps, args.warmup, args.min_seconds)))
         return
 
     if not args.json:
