@@ -27,9 +27,10 @@
  * (B,T,H), F0 (B,H,D). Only C reads S, R, R2 (B,T,H) and the checkpoints (B,ceil(T/K)-1,H,D) (F at
  * t = K, 2K, ...; F0 is the one at t = 0): a group stores its blocks of them lane-interleaved
  * ([.][lane]); x, h0, F0, out and the gradients are gathered or scattered once per call, into
- * or out of lane-interleaved copies. The presynaptic vector v_t = [x_t; h_{t-1}] is assembled
- * per step from those of x, h0 and out, instead of being stored. lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for prompt_decay, since
- * Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated
+ * or out of lane-interleaved copies. h0 and F0 may be NULL: the state starts at zero. The
+ * presynaptic vector v_t = [x_t; h_{t-1}] is assembled per step from those of x, h0 and out,
+ * instead of being stored. lam and gam are (H,D); gam is the effective gamma (Λ⊙Γ for
+ * prompt_decay, since Λ⊙(M + Γ⊙Δ) = Λ⊙M + ΛΓ⊙Δ), so the loops need no branch on the update. Freshly allocated
  * output memory costs a page fault per 4 KiB on first touch, so nothing is stored that can be
  * rebuilt cheaply.
  */

@@ -36,10 +36,7 @@ def forward(
     if h0 is None:  # the backward reads it (the C loop's takes None as zeros)
         h0 = torch.zeros(B, H, **opts)
     memories = torch.empty(B, T + 1, H, D, **opts)
-    if F0 is None:
-        memories[:, 0] = 0
-    else:
-        memories[:, 0] = F0
+    memories[:, 0] = 0 if F0 is None else F0
     out, S = torch.empty(B, T, H, **opts), torch.empty(B, T, H, **opts)
     R = torch.empty(B, T, H, **opts) if config.normalise else None
     R2 = torch.empty(B, T, H, **opts) if config.post else None
