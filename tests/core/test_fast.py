@@ -493,3 +493,26 @@ def test_no_grad_calls_equal_reference(backend: str, steps: int) -> None:
     for got, expected in [(out, want), (final.h, want_final.h), (final.F, want_final.F),
                           (out_again, want_again), (final_again.F, want_final_again.F)]:
         assert_close(got, expected.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DOUBLE])
+@pytest.mark.parametrize("inputs", [5, 12], ids=["256-bit", "512-bit"])
+@pytest.mark.parametrize("name", ["maze", "clamp_pre"])
+def test_a_nan_parameter_is_not_clamped_away(
+    backend: str, name: str, inputs: int, dtype: torch.dtype
+) -> None:
+    """The clamp keeps NaN (as torch's does): a NaN Γ of one synapse makes the same values of
+    the next memory NaN as in the reference loop (that synapse, or its row after the post norm),
+    in whole groups and in the samples left over, instead of being clamped to a finite bound
+    that would hide it. One step: later steps spread the NaN to every value."""
+    fast, reference = pair(STPN, inputs, **OPTIONS[name])
+    fast, reference = fast.to(dtype), reference.to(dtype)
+    for model in (fast, reference):
+        with torch.no_grad():
+            model.weight_gamma[1, 2] = float("nan")
+    x = torch.randn(BATCH, 1, inputs, dtype=dtype)
+    with torch.no_grad():
+        (out, final), (want, want_final) = fast(x), reference(x)
+    assert want_final.F.isnan().any() and not want_final.F.isnan().all()
+    for got, expected in [(out, want), (final.F, want_final.F)]:
+        torch.testing.assert_close(got.isnan(), expected.isnan(), atol=0, rtol=0)

@@ -37,6 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <tgmath.h> /* type-generic: tanh, exp, sqrt in REAL precision */
+#ifdef __x86_64__
+#include <immintrin.h> /* vclamp's max and min */
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #else /* built without OpenMP (no libgomp): every call runs on the calling thread */
@@ -98,6 +101,14 @@ static void activate_all(REAL *h, long n, int act) {
 #error "build with -DLANES=<samples per vector> (backend_c.py does)"
 #endif
 
+/* Integers of REAL's width, through which the values' bits are read (may_alias: the same memory
+ * is read as REAL elsewhere). */
+typedef REAL real_1 __attribute__((vector_size(sizeof(REAL))));
+typedef __typeof__(((real_1){0} < (real_1){0})[0]) real_bits __attribute__((may_alias));
+/* A value's exponent bits (all ones: NaN or infinity) and magnitude bits (above EXPONENT: NaN). */
+#define EXPONENT ((real_bits)(sizeof(REAL) == 4 ? 0x7f800000 : 0x7ff0000000000000))
+#define MAGNITUDE ((real_bits)(sizeof(REAL) == 4 ? 0x7fffffff : 0x7fffffffffffffff))
+
 #if LANES == 1
 typedef REAL vec;
 
@@ -105,7 +116,15 @@ static inline vec bc(REAL s) { return s; }
 static inline vec vsqrt(vec a) { return sqrt(a); }
 /* a where c > 0, else 0: the norm's gradient at a zero row (as torch's vector_norm). */
 static inline vec vpositive(vec c, vec a) { return c > 0 ? a : 0; }
-static inline vec vclamp(vec p, REAL cl) { return p > cl ? cl : (p < -cl ? -cl : p); }
+/* p clamped to [-cl, cl], NaN kept. -ffast-math lets the compiler assume there is no NaN and
+ * turn the selections into max and min instructions whose operand order drops one (a NaN Λ
+ * would then give a memory of finite values), so a NaN is put back by its bits, about which the
+ * compiler assumes nothing. */
+static inline vec vclamp(vec p, REAL cl) {
+    real_bits bits;
+    memcpy(&bits, &p, sizeof bits);
+    return (bits & MAGNITUDE) > EXPONENT ? p : (p > cl ? cl : (p < -cl ? -cl : p));
+}
 /* g where the clamp let p through, else 0. */
 static inline vec vinside(vec p, REAL cl, vec g) { return (p >= -cl) & (p <= cl) ? g : 0; }
 static inline vec relu_grad(vec h) { return h > 0 ? 1 : 0; }
@@ -130,8 +149,34 @@ static inline vec vsqrt(vec a) {
 
 static inline vec vpositive(vec c, vec a) { return (vec)((vmask)a & (c > bc(0))); }
 
+/* The x86 intrinsics that take a whole vector of the build, X86(op) (e.g. _mm256_max_ps), where
+ * there are some: the suffix from REAL, the width from LANES. */
+#define SUFFIX_float ps
+#define SUFFIX_double pd
+#define BITS_float 32
+#define BITS_double 64
+#define PASTE_(a, b) a##b
+#define PASTE(a, b) PASTE_(a, b)
+#define VEC_BITS (LANES * PASTE(BITS_, REAL))
+#if VEC_BITS == 512 && defined(__AVX512F__)
+#define X86(op) PASTE(PASTE(_mm512_, op), PASTE(_, PASTE(SUFFIX_, REAL)))
+#elif VEC_BITS == 256 && defined(__AVX__)
+#define X86(op) PASTE(PASTE(_mm256_, op), PASTE(_, PASTE(SUFFIX_, REAL)))
+#endif
+
+/* p clamped to [-cl, cl], NaN kept (see the one-sample build's). With x86 vectors, one max and
+ * one min instruction, which give their second operand when either is NaN, so p goes second.
+ * The memory update clamps every synapse at every step: with the instructions instead of the
+ * selections (two compares and three logic operations, and a NaN put back by its bits), the
+ * maze policy's forward (B 16, T 200, post norm, clamp 1) ran 15-17 % shorter, same values. */
 static inline vec vclamp(vec p, REAL cl) {
-    return vselect(p > bc(cl), bc(cl), vselect(p < bc(-cl), bc(-cl), p));
+#ifdef X86
+    typedef __typeof__(X86(setzero)()) x86_vec;
+    return (vec)X86(min)((x86_vec)bc(cl), X86(max)((x86_vec)bc(-cl), (x86_vec)p));
+#else
+    const vmask nan = ((vmask)p & MAGNITUDE) > EXPONENT;
+    return vselect(nan, p, vselect(p > bc(cl), bc(cl), vselect(p < bc(-cl), bc(-cl), p)));
+#endif
 }
 
 static inline vec vinside(vec p, REAL cl, vec g) {
@@ -143,24 +188,18 @@ static inline vec relu_grad(vec h) { return (vec)((vmask)bc(1) & (h > bc(0))); }
 
 long stpn_lanes(void) { return LANES; }
 
-/* Integers of REAL's width, through which the values' bits are read (may_alias: the same memory
- * is read as REAL elsewhere). */
-typedef REAL real_1 __attribute__((vector_size(sizeof(REAL))));
-typedef __typeof__(((real_1){0} < (real_1){0})[0]) real_bits __attribute__((may_alias));
-
 /* Whether n values hold a NaN or an infinity: a value whose exponent bits are all ones. Read as
  * integers, since under -ffast-math the compiler may take every value as finite and fold
  * isfinite() to true. */
 static int nonfinite(const REAL *values, long n) {
     const real_bits *bits = (const real_bits *)values;
-    const real_bits ones = sizeof(REAL) == 4 ? 0x7f800000 : 0x7ff0000000000000;
     real_bits top = 0;
 #pragma omp simd reduction(max : top)
     for (long k = 0; k < n; k++) {
-        const real_bits e = bits[k] & ones;
+        const real_bits e = bits[k] & EXPONENT;
         top = e > top ? e : top;
     }
-    return top == ones;
+    return top == EXPONENT;
 }
 
 /* In the one-sample build, asks the compiler to vectorise the loop that follows (along a row, or
