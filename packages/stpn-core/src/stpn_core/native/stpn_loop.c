@@ -37,8 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <tgmath.h> /* type-generic: tanh, exp, sqrt in REAL precision */
-#ifdef __x86_64__
-#include <immintrin.h> /* vclamp's max and min */
+#ifdef __AVX__ /* x86 with 256-bit vectors or wider: vclamp's max and min (X86 below) */
+#include <immintrin.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
