@@ -155,22 +155,27 @@ def test_bad_settings_and_environments_are_refused() -> None:
 
 def test_it_learns_the_memory_task_of_a_small_maze() -> None:
     """Within an episode the agent must find the hidden reward, remember where it is, and
-    return to it after each teleport: after 500 episodes of 64 agents it collects clearly more
-    than the random policy (the learning rate is raised from the paper's 1e-4 to fit the test's
-    budget). At 300 episodes agents scored 27-46 over seeds 0-5, so a change of rounding alone
-    could take seed 0 below the bound; at 500, 39-55 when this was written, and 35-54 at one
-    thread on 2026-12-02 (seed 0: 49.4), where a change of the C loop's float32 rounding alone
-    moved seed 0 to 32.4 (seeds 0-5 then 31-54)."""
+    return to it after each teleport: after 500 episodes of 64 agents, three agents (seeds 0-2)
+    collect clearly more than the random policy on average (the learning rate is raised from
+    the paper's 1e-4 to fit the test's budget). One agent is not enough to decide: at one thread
+    seeds 0-5 scored 49.4, 35.5, 44.8, 43.8, 35.8, 54.4 on 2026-12-02, and a change of the C
+    loop's float32 rounding alone moved them to 32.4, 31.4, 54.0, 40.0, 37.0, 43.3 (seed 0 below
+    the bound of 33.0); the mean of seeds 0-2 was 43.2 and 39.3."""
     maze = {"size": 5, "episode_length": 40}
-    env = make_vec_env("maze", 64, 0, **maze)
     policy_kwargs = {"core": "stpn", "hidden_size": 16,
                      "core_options": {"norm_timing": "post", "clamp": 1.0}}
-    agent = A2CBPTT(SequencePolicy, env, learning_rate=3e-3, seed=0, policy_kwargs=policy_kwargs)
-    agent.learn(500 * 64 * 40)
-    trained = run_episodes(
-        make_vec_env("maze", 256, 1, **maze), policy_step(agent.policy, False), 256
-    )
+    scores = []
+    for seed in (0, 1, 2):
+        env = make_vec_env("maze", 64, seed, **maze)
+        agent = A2CBPTT(
+            SequencePolicy, env, learning_rate=3e-3, seed=seed, policy_kwargs=policy_kwargs
+        )
+        agent.learn(500 * 64 * 40)
+        trained = run_episodes(
+            make_vec_env("maze", 256, 1, **maze), policy_step(agent.policy, False), 256
+        )
+        assert trained["energy_per_step"] > 0
+        scores.append(trained["mean_reward"])
     chance = evaluate_random("maze", 256, seed=1, env_kwargs=maze)
     # Chance scores 26.4 on these episodes.
-    assert trained["mean_reward"] > 1.25 * chance["mean_reward"]
-    assert trained["energy_per_step"] > 0
+    assert sum(scores) / len(scores) > 1.25 * chance["mean_reward"], scores
