@@ -336,7 +336,7 @@ def backward(
         )
         firsts.append(acc[row])
         row += threads
-    total = firsts[0] if len(firsts) == 1 else firsts[0] + firsts[1]
+    total = sum(firsts[1:], firsts[0])  # one segment: its row itself, no copy
     gW, g_lam, g_rate = (total[k * HD : (k + 1) * HD].view(H, D) for k in range(3))
     g_lam, g_gam = rate_grads(g_lam, g_rate, lam, gam, r.config)
     return gx, gh, gF, gW, total[3 * HD :] if r.has_bias else None, g_lam, g_gam
